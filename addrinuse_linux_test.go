@@ -1,0 +1,415 @@
+package reuse
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// requireAddrInUse checks the common promises of a failed bind's error and
+// returns it as an *AddrInUseError.
+func requireAddrInUse(t *testing.T, err error) *AddrInUseError {
+	t.Helper()
+	require.Error(t, err)
+	var e *AddrInUseError
+	require.ErrorAs(t, err, &e, "%v", err)
+	assert.ErrorIs(t, err, syscall.EADDRINUSE)
+	assert.True(t, IsAddrInUse(err))
+	var op *net.OpError
+	assert.ErrorAs(t, err, &op, "the stdlib's error is still inside")
+	assert.True(t, strings.HasPrefix(err.Error(), e.Err.Error()+": "), "keeps the stdlib text: %v", err)
+	return e
+}
+
+// TestHelperListener is not a test: it is the child process of
+// TestAddrInUse_ChildProcessHoldsPort. It listens, prints its port, and
+// holds the port until its stdin closes.
+func TestHelperListener(t *testing.T) {
+	if os.Getenv("REUSE_HELPER_LISTEN") == "" {
+		t.Skip("child process only")
+	}
+	ln, err := net.Listen("tcp4", os.Getenv("REUSE_HELPER_LISTEN"))
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	bufio.NewReader(os.Stdin).ReadString('\n') // until the parent closes stdin
+	ln.Close()
+}
+
+func TestAddrInUse_ChildProcessHoldsPort(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperListener$")
+	cmd.Env = append(os.Environ(), "REUSE_HELPER_LISTEN=127.0.0.1:0")
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	defer func() { stdin.Close(); cmd.Wait() }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err)
+	p, err := strconv.Atoi(strings.TrimSpace(line))
+	require.NoError(t, err, "child said %q", line)
+
+	_, err = Listen("tcp4", hostPort("127.0.0.1", p))
+	e := requireAddrInUse(t, err)
+	assert.Equal(t, 1, e.Count(StateListen))
+	assert.Contains(t, e.Error(), fmt.Sprintf("port %d is held by a LISTEN socket of pid %d (", p, cmd.Process.Pid))
+	assert.Contains(t, e.Error(), "SO_REUSEADDR cannot share a live port")
+	t.Log(e)
+}
+
+// TestAddrInUse_Kernel makes each state the kernel can leave on a port and
+// checks the diagnosis of a bind that then fails.
+func TestAddrInUse_Kernel(t *testing.T) {
+	const n = 3
+	// serverFirst leaves n server-closed connections on a listener's port,
+	// the clients closed too (TIME_WAIT) or still open (FIN_WAIT2).
+	serverFirst := func(t *testing.T, reuseAddr, clientsClose bool) *net.TCPListener {
+		ln, err := listenTCP(t, "tcp4", "127.0.0.1:0", false, WithReuseAddr(reuseAddr))
+		require.NoError(t, err)
+		for range n {
+			c, s := pair(t, ln)
+			require.NoError(t, s.Close())
+			readErr(t, c)
+			if clientsClose {
+				require.NoError(t, c.Close())
+			}
+		}
+		want := map[State]int{StateTimeWait: n}
+		if !clientsClose {
+			want = map[State]int{StateFinWait2: n}
+		}
+		waitStates(t, port(ln.Addr()), nil, want)
+		require.NoError(t, ln.Close())
+		return ln
+	}
+	for name, c := range map[string]struct {
+		setup func(t *testing.T) (addr string)
+		opts  []Option
+		want  []string
+		count map[State]int
+	}{
+		"live listener of this process": {
+			setup: func(t *testing.T) string {
+				ln, err := listenTCP(t, "tcp4", "127.0.0.1:0", false)
+				require.NoError(t, err)
+				return ln.Addr().String()
+			},
+			want:  []string{"is held by a LISTEN socket of this process (pid " + strconv.Itoa(os.Getpid()) + ") on 127.0.0.1:", "SO_REUSEADDR cannot share a live port"},
+			count: map[State]int{StateListen: 1},
+		},
+		"live listener, reuseport asked": {
+			setup: func(t *testing.T) string {
+				ln, err := listenTCP(t, "tcp4", "127.0.0.1:0", false)
+				require.NoError(t, err)
+				return ln.Addr().String()
+			},
+			opts: []Option{WithReusePort(true)},
+			want: []string{"LISTEN socket", "only when every listener on it has SO_REUSEPORT"},
+		},
+		"TIME_WAIT of a strict listener": {
+			setup: func(t *testing.T) string { return serverFirst(t, false, true).Addr().String() },
+			want:  []string{fmt.Sprintf("is held by %d TIME_WAIT connections left by a listener without SO_REUSEADDR", n), "within 60 s"},
+			count: map[State]int{StateTimeWait: n},
+		},
+		"TIME_WAIT, new listener strict": {
+			setup: func(t *testing.T) string { return serverFirst(t, true, true).Addr().String() },
+			opts:  []Option{WithReuseAddr(false)},
+			want:  []string{fmt.Sprintf("is held by %d TIME_WAIT connections, and this socket has SO_REUSEADDR off", n)},
+			count: map[State]int{StateTimeWait: n},
+		},
+		"FIN_WAIT2, new listener strict": {
+			setup: func(t *testing.T) string { return serverFirst(t, true, false).Addr().String() },
+			opts:  []Option{WithReuseAddr(false)},
+			want:  []string{fmt.Sprintf("is held by %d FIN_WAIT2 connections", n), "SO_REUSEADDR off", "until both ends have closed"},
+			count: map[State]int{StateFinWait2: n},
+		},
+		"FIN_WAIT2 of a strict listener": {
+			setup: func(t *testing.T) string { return serverFirst(t, false, false).Addr().String() },
+			want:  []string{fmt.Sprintf("is held by %d FIN_WAIT2 connections of sockets without SO_REUSEADDR", n)},
+		},
+		"open connections of a closed listener": {
+			setup: func(t *testing.T) string {
+				ln, err := listenTCP(t, "tcp4", "127.0.0.1:0", false, WithReuseAddr(false))
+				require.NoError(t, err)
+				pair(t, ln)
+				require.NoError(t, ln.Close())
+				return ln.Addr().String()
+			},
+			want:  []string{"is held by 1 ESTABLISHED connection of this process", "without SO_REUSEADDR"},
+			count: map[State]int{StateEstablished: 1},
+		},
+		"bound, not listening": {
+			setup: func(t *testing.T) string {
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				require.NoError(t, err)
+				t.Cleanup(func() { unix.Close(fd) })
+				require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+				sa, err := unix.Getsockname(fd)
+				require.NoError(t, err)
+				return hostPort("127.0.0.1", sa.(*unix.SockaddrInet4).Port)
+			},
+			want: []string{"neither listens nor connects"}, // Linux 6.8+; older: "no TCP socket"
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			addr := c.setup(t)
+			noLeak(t, func() {
+				_, err := Listen("tcp4", addr, c.opts...)
+				e := requireAddrInUse(t, err)
+				for _, w := range c.want {
+					assert.Contains(t, e.Error(), w)
+				}
+				for st, k := range c.count {
+					assert.Equal(t, k, e.Count(st), st.String())
+				}
+			})
+		})
+	}
+}
+
+func TestAddrInUse_UDPAndDial(t *testing.T) {
+	pc, err := ListenPacket("udp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer pc.Close()
+	_, err = ListenPacket("udp4", pc.LocalAddr().String())
+	e := requireAddrInUse(t, err)
+	assert.Contains(t, e.Error(), "another UDP socket holds port")
+	assert.Nil(t, e.Sockets, "the census is TCP only")
+
+	ln, err := Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	_, err = Dial("tcp4", ln.Addr().String(), ln.Addr().String())
+	e = requireAddrInUse(t, err)
+	assert.Contains(t, e.Error(), "LISTEN socket of this process")
+	assert.Equal(t, ln.Addr().String(), e.Address)
+}
+
+// TestDiagnose covers the wording for tables the kernel tests above cannot
+// make on demand: other users, several listeners, wildcards.
+func TestDiagnose(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	sock := func(local string, st State, uid uint32, inode uint64, pid int, cmd string) Socket {
+		return Socket{Local: ap(local), Remote: ap("127.0.0.1:5000"), State: st, UID: uid, Inode: inode, PID: pid, Command: cmd}
+	}
+	b := bindInfo{kind: kindTCPListen, addr: ap("127.0.0.1:8080"), reuseAddr: true}
+	for name, c := range map[string]struct {
+		b     bindInfo
+		socks []Socket
+		want  string
+	}{
+		"other process": {b, []Socket{sock("127.0.0.1:8080", StateListen, 33, 7, 4242, "nginx")},
+			"port 8080 is held by a LISTEN socket of pid 4242 (nginx) on 127.0.0.1:8080; SO_REUSEADDR cannot share a live port"},
+		"other user, hidden": {b, []Socket{sock("127.0.0.1:8080", StateListen, 33, 7, 0, "")},
+			"port 8080 is held by a LISTEN socket of user 33 (its process is not visible to this user) on 127.0.0.1:8080; SO_REUSEADDR cannot share a live port"},
+		"wildcard covers us": {b, []Socket{sock("0.0.0.0:8080", StateListen, 0, 7, 1, "init")},
+			"port 8080 is held by a LISTEN socket of pid 1 (init) on 0.0.0.0:8080; SO_REUSEADDR cannot share a live port"},
+		"dual-stack covers us": {b, []Socket{sock("[::]:8080", StateListen, 0, 7, 1, "init"), sock("[::]:8080", StateListen, 0, 8, 1, "init")},
+			"port 8080 is held by a LISTEN socket of pid 1 (init) on [::]:8080 and 1 more; SO_REUSEADDR cannot share a live port"},
+		"other address does not": {b, []Socket{sock("127.0.0.2:8080", StateListen, 0, 7, 1, "init")},
+			"no TCP socket on port 8080 shows in the kernel's table now: its holder has gone, or is bound without listening (shown only by Linux 6.8 and later)"},
+		"we are the wildcard": {bindInfo{kind: kindTCPListen, addr: ap("[::]:8080"), reuseAddr: true}, []Socket{sock("[::ffff:127.0.0.1]:8080", StateTimeWait, 0, 0, 0, "")},
+			"port 8080 is held by 1 TIME_WAIT connection left by a listener without SO_REUSEADDR (a TIME_WAIT keeps its listener's setting, and both need it); TIME_WAIT ends within 60 s"},
+		"mixed states": {b, []Socket{sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, ""), sock("127.0.0.1:8080", StateCloseWait, 0, 9, 77, "old"), sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, "")},
+			"port 8080 is held by 2 TIME_WAIT and 1 CLOSE_WAIT connections of pid 77 (old) of sockets without SO_REUSEADDR (a listener that ran without it, or outgoing connections from this port); the port stays busy until both ends have closed"},
+		"listener wins over connections": {b, []Socket{sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, ""), sock("127.0.0.1:8080", StateListen, 0, 9, 77, "new")},
+			"port 8080 is held by a LISTEN socket of pid 77 (new) on 127.0.0.1:8080; SO_REUSEADDR cannot share a live port"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			assert.Equal(t, c.want, diagnose(c.b, c.socks, 1000))
+		})
+	}
+}
+
+func TestOverlaps(t *testing.T) {
+	a := netip.MustParseAddr
+	for _, c := range []struct {
+		x, y string
+		want bool
+	}{
+		{"127.0.0.1", "127.0.0.1", true},
+		{"127.0.0.1", "127.0.0.2", false},
+		{"0.0.0.0", "127.0.0.1", true},
+		{"127.0.0.1", "0.0.0.0", true},
+		{"0.0.0.0", "::1", false},
+		{"::", "127.0.0.1", true},
+		{"::", "::1", true},
+		{"::ffff:127.0.0.1", "127.0.0.1", true},
+		{"::1", "127.0.0.1", false},
+	} {
+		assert.Equal(t, c.want, overlaps(a(c.x), a(c.y)), "%s ~ %s", c.x, c.y)
+	}
+}
+
+func TestBindAddr(t *testing.T) {
+	for _, c := range []struct{ network, address, want string }{
+		{"tcp", ":8080", "[::]:8080"},
+		{"tcp", "0.0.0.0:8080", "[::]:8080"},
+		{"tcp4", ":8080", "0.0.0.0:8080"},
+		{"tcp4", "127.0.0.1:80", "127.0.0.1:80"},
+		{"tcp6", "[::1]:80", "[::1]:80"},
+		{"udp4", ":53", "0.0.0.0:53"},
+		{"unix", "/x", "invalid AddrPort"},
+		{"tcp", "bad", "invalid AddrPort"},
+	} {
+		assert.Equal(t, c.want, bindAddr(c.network, c.address).String(), "%s %s", c.network, c.address)
+	}
+}
+
+// TestUnix_StaleSocketIsReplaced: a socket file whose server is gone (here:
+// a socket bound and closed without unlinking, as after SIGKILL) is removed
+// and bound again.
+func TestUnix_StaleSocketIsReplaced(t *testing.T) {
+	for _, network := range []string{"unix", "unixpacket"} {
+		t.Run(network, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "s.sock")
+			stale(t, network, path)
+			_, err := net.Listen(network, path)
+			require.True(t, IsAddrInUse(err), "the stdlib fails on a stale file: %v", err)
+
+			noLeak(t, func() {
+				ln, err := Listen(network, path)
+				require.NoError(t, err)
+				c, err := net.DialTimeout(network, path, 2*time.Second)
+				require.NoError(t, err, "the new listener answers")
+				c.Close()
+				ln.(*net.UnixListener).SetUnlinkOnClose(false)
+				require.NoError(t, ln.Close()) // leaves the file stale again for the next run
+			})
+		})
+	}
+}
+
+// stale leaves a socket file at path that no one listens on.
+func stale(t *testing.T, network, path string) {
+	t.Helper()
+	ln, err := net.Listen(network, path)
+	require.NoError(t, err)
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	require.NoError(t, ln.Close())
+	fi, err := os.Lstat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.ModeSocket, fi.Mode().Type())
+}
+
+// TestUnix_LiveSocketIsLeftAlone: a path where a server answers is never
+// removed; the error says a server answers there.
+func TestUnix_LiveSocketIsLeftAlone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	live, err := Listen("unix", path)
+	require.NoError(t, err)
+	defer live.Close()
+	noLeak(t, func() {
+		_, err := Listen("unix", path)
+		e := requireAddrInUse(t, err)
+		assert.Contains(t, e.Error(), "a server answers at "+path+"; it was left alone")
+	})
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	require.NoError(t, err, "the live server still answers")
+	c.Close()
+}
+
+// TestUnix_NotASocketIsLeftAlone: a regular file or a directory at the path
+// is never touched.
+func TestUnix_NotASocketIsLeftAlone(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	content := []byte("precious bytes\n")
+	require.NoError(t, os.WriteFile(file, content, 0o600))
+	sub := filepath.Join(dir, "dir")
+	require.NoError(t, os.Mkdir(sub, 0o700))
+	for path, what := range map[string]string{file: "is a regular file, not a socket; it was left alone", sub: "is a directory, not a socket; it was left alone"} {
+		noLeak(t, func() {
+			_, err := Listen("unix", path)
+			e := requireAddrInUse(t, err)
+			assert.Contains(t, e.Error(), path+" "+what)
+		})
+	}
+	got, err := os.ReadFile(file)
+	require.NoError(t, err)
+	assert.Equal(t, content, got, "the regular file's bytes are unchanged")
+	fi, err := os.Stat(sub)
+	require.NoError(t, err)
+	assert.True(t, fi.IsDir())
+}
+
+// TestUnix_ConcurrentStartsOnStalePath: processes starting at once on a
+// stale path (here goroutines, which take the same flock on separate open
+// files) end with exactly one listener, and it answers.
+func TestUnix_ConcurrentStartsOnStalePath(t *testing.T) {
+	for range 20 {
+		path := filepath.Join(t.TempDir(), "s.sock")
+		stale(t, "unix", path)
+		const n = 8
+		type result struct {
+			ln  net.Listener
+			err error
+		}
+		results := make(chan result, n)
+		for range n {
+			go func() {
+				ln, err := Listen("unix", path)
+				results <- result{ln, err}
+			}()
+		}
+		var winners []net.Listener
+		for range n {
+			r := <-results
+			if r.err != nil {
+				assert.True(t, IsAddrInUse(r.err), "%v", r.err)
+				assert.Contains(t, r.err.Error(), "a server answers")
+				continue
+			}
+			winners = append(winners, r.ln)
+		}
+		require.Len(t, winners, 1)
+		c, err := net.DialTimeout("unix", path, 2*time.Second)
+		require.NoError(t, err, "the one listener owns the path")
+		c.Close()
+		winners[0].Close()
+	}
+}
+
+func TestUnix_AbstractAndLockErrors(t *testing.T) {
+	name := "@reuse-test-" + strconv.Itoa(os.Getpid())
+	ln, err := Listen("unix", name)
+	require.NoError(t, err)
+	defer ln.Close()
+	_, err = Listen("unix", name)
+	assert.True(t, IsAddrInUse(err), "an abstract socket has no file to replace: %v", err)
+
+	_, err = Listen("unix", filepath.Join(t.TempDir(), "missing", "s.sock"))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	assert.Contains(t, err.Error(), "lock file")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	path := filepath.Join(t.TempDir(), "s.sock")
+	unlock, err := lockFile(context.Background(), path+".lock")
+	require.NoError(t, err)
+	_, err = ListenContext(ctx, "unix", path)
+	assert.ErrorIs(t, err, context.Canceled, "a held lock is waited for only as long as ctx allows")
+	unlock()
+	assert.False(t, errors.Is(err, syscall.EADDRINUSE))
+}

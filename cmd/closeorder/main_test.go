@@ -1,0 +1,140 @@
+//go:build linux
+
+// The expected rows are Linux's: other systems have no socket table for
+// reuse.Sockets, and their TIME_WAIT rules differ.
+
+package main
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// want is what each close order must show on Linux, for SO_REUSEADDR on and off.
+var want = map[closeOrder]map[bool]row{
+	clientFirst: {
+		true:  {clientRead: "-", serverPort: "nothing", relisten: "ok"},
+		false: {clientRead: "-", serverPort: "nothing", relisten: "ok"},
+	},
+	serverFirst: {
+		true:  {clientRead: "EOF", serverPort: "TIME_WAIT", relisten: "ok"},
+		false: {clientRead: "EOF", serverPort: "TIME_WAIT", relisten: "address already in use"},
+	},
+	clientOpen: {
+		true:  {clientRead: "EOF", serverPort: "FIN_WAIT2", relisten: "ok"},
+		false: {clientRead: "EOF", serverPort: "FIN_WAIT2", relisten: "address already in use"},
+	},
+	serverRST: {
+		true:  {clientRead: "connection reset", serverPort: "nothing", relisten: "ok"},
+		false: {clientRead: "connection reset", serverPort: "nothing", relisten: "ok"},
+	},
+}
+
+func TestRows(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	// Go opens the netpoller's descriptors on first network use; do that
+	// before counting, so the count compares only what measure opens.
+	warm, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm.Close()
+	before := openFDs(t)
+
+	rows, err := measure()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("open descriptors: %d before measure, %d after: something was not closed", before, after)
+	}
+	if len(rows) != 2*len(orders) {
+		t.Fatalf("got %d rows, want %d", len(rows), 2*len(orders))
+	}
+	seen := map[closeOrder]map[bool]bool{}
+	for _, r := range rows {
+		w, ok := want[r.order][r.reuseAddr]
+		if !ok || seen[r.order][r.reuseAddr] {
+			t.Errorf("unexpected or repeated row %v, SO_REUSEADDR %s", r.order, onOff(r.reuseAddr))
+			continue
+		}
+		if seen[r.order] == nil {
+			seen[r.order] = map[bool]bool{}
+		}
+		seen[r.order][r.reuseAddr] = true
+		got := row{clientRead: r.clientRead, serverPort: r.serverPort, relisten: r.relisten}
+		if got != w {
+			t.Errorf("%v, SO_REUSEADDR %s:\n got client read %q, server port %q, re-listen %q\nwant client read %q, server port %q, re-listen %q",
+				r.order, onOff(r.reuseAddr), got.clientRead, got.serverPort, got.relisten, w.clientRead, w.serverPort, w.relisten)
+		}
+	}
+}
+
+// TestRun checks the printed form: a header, a line per row with its cells,
+// and the explanation under the table.
+func TestRun(t *testing.T) {
+	var buf bytes.Buffer
+	if err := run(&buf); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, s := range []string{"plain TCP", "close order", "SO_REUSEADDR", "client read", "kernel, server port", "re-listen", "Why:", "last resort"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("output lacks %q:\n%s", s, out)
+		}
+	}
+	lines := strings.Split(out, "\n")
+	for _, o := range orders {
+		for _, on := range []bool{true, false} {
+			w := want[o][on]
+			cells := []string{o.String(), onOff(on), w.clientRead, w.serverPort, w.relisten}
+			found := false
+			for _, l := range lines {
+				if strings.HasPrefix(l, o.String()+" ") && fields(l, o.String()) == strings.Join(cells[1:], "|") {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("no line %q in:\n%s", strings.Join(cells, " | "), out)
+			}
+		}
+	}
+	// The explanation is for reading in a terminal: at most 10 lines of at
+	// most ~90 columns. (The table is as wide as its cells need.)
+	_, why, _ := strings.Cut(out, "\nWhy:")
+	para := strings.Split(strings.TrimSpace("Why:"+why), "\n")
+	if len(para) > 10 {
+		t.Errorf("explanation has %d lines, want at most 10", len(para))
+	}
+	for _, l := range para {
+		if len(l) > 92 {
+			t.Errorf("explanation line is %d columns wide: %q", len(l), l)
+		}
+	}
+}
+
+// fields returns the cells of a table line after its first cell, joined by
+// "|". Cells are separated by at least two spaces; a cell holds single ones.
+func fields(line, first string) string {
+	var cells []string
+	for _, c := range strings.Split(strings.TrimPrefix(line, first), "  ") {
+		if c = strings.TrimSpace(c); c != "" {
+			cells = append(cells, c)
+		}
+	}
+	return strings.Join(cells, "|")
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count descriptors: %v", err)
+	}
+	return len(ents)
+}

@@ -1,0 +1,117 @@
+// Package reuse builds listeners that a server can restart at once, on every
+// OS Go supports, without sharing a live port behind anyone's back.
+//
+//	ln, err := reuse.Listen("tcp", ":8080") // a drop-in for net.Listen
+//	if err != nil { ... }
+//	http.Serve(ln, handler)
+//
+// Listen, ListenPacket and Dial take Options (WithReuseAddr, WithReusePort,
+// WithExclusiveAddr, WithRSTOnClose, WithControl) and apply them through
+// net.ListenConfig.Control before bind. Control and ListenConfig give the same
+// options to code that builds its own net.ListenConfig.
+//
+// # TIME_WAIT, and who ends up in it
+//
+// The side of a TCP connection that closes first, the active closer, keeps
+// the connection in TIME_WAIT for twice the maximum segment lifetime: 60
+// seconds on Linux (TCP_TIMEWAIT_LEN; tcp_fin_timeout does not change it).
+// TIME_WAIT makes sure the last ACK can be sent again if it was lost, and
+// that late segments of the old connection die before a new connection with
+// the same four-tuple could take them for its own.
+//
+// If the client closes first, the TIME_WAIT sits on the client's ephemeral
+// port and the server is unaffected. If the server closes first, as an HTTP
+// server does for idle keep-alive connections or on shutdown, the TIME_WAIT
+// holds the server's own port. A server that closed first while its client is
+// still open waits in FIN_WAIT2 instead, which holds the port the same way.
+// When that server restarts, bind fails with "address already in use".
+//
+// # Why SO_REUSEADDR is the fix
+//
+// SO_REUSEADDR lets a listening socket bind a local address and port that
+// TIME_WAIT or FIN_WAIT2 connections still use. It never admits a second live
+// listener on Linux or the BSDs: two listeners on one port need
+// SO_REUSEPORT on both. On Linux a TIME_WAIT keeps the SO_REUSEADDR setting of
+// the listener it came from, and the kernel lets a new listener past it only
+// when both have it on: a server that ran without it blocks its successor for
+// up to 60 seconds, whatever the successor sets.
+//
+// Go's net package already sets SO_REUSEADDR on TCP listeners on Unix, and
+// Listen keeps it (without a second system call); WithReuseAddr(false) turns
+// it off. On Windows SO_REUSEADDR means something else, that any socket may
+// bind a port in use, so this package never sets it there for TCP and sets
+// SO_EXCLUSIVEADDRUSE instead. A Windows listener binds past TIME_WAIT without
+// either option.
+//
+// # The five-tuple caveat
+//
+// SO_REUSEADDR reuses only the local address and port. Every connection is
+// still identified by its protocol and four-tuple (local address and port,
+// remote address and port), and the kernel keeps those unique: a new
+// connection with the four-tuple of one still in TIME_WAIT is let in only when
+// its sequence number or timestamp shows that it is newer (RFC 6191). A restarted
+// server can still receive stray segments of its old connections. Sequence
+// numbers outside the window, and TCP timestamps (PAWS, RFC 7323), make the
+// kernel drop them, and RFC 1337 describes what TIME_WAIT protects against
+// when those checks are not enough.
+//
+// # RST on close is a last resort
+//
+// WithRSTOnClose and Abort set SO_LINGER to {on, 0}: Close sends RST instead
+// of FIN and leaves no TIME_WAIT anywhere. Data not yet sent is discarded,
+// the peer's next Read fails with "connection reset by peer" (then io.EOF),
+// its Write with EPIPE, and the protection TIME_WAIT gives against old
+// duplicate segments is gone. It is for servers that churn through so many
+// short connections that TIME_WAIT entries themselves are the problem, and for
+// dropping a misbehaving peer. It is not the fix for "address already in
+// use": SO_REUSEADDR is.
+//
+// # SO_REUSEPORT
+//
+// WithReusePort lets several listeners bind one port and has the kernel
+// spread connections over them by four-tuple hash. On Linux only sockets of
+// the same effective user ID can join a group: any process running as that
+// user can take a share of the connections. Closing one listener of the
+// group resets the connections waiting in its accept queue, unless the sysctl
+// net.ipv4.tcp_migrate_req is 1 (Linux 5.14 and later).
+//
+// # MPTCP
+//
+// With go 1.24 or later in the main module's go.mod, Go opens TCP listeners as
+// MPTCP where the kernel supports it, and on any error, a Control error
+// included, closes that socket and tries plain TCP. Control may therefore run
+// twice for one Listen; every step this package takes sets a value, so it is
+// idempotent, and functions given to WithControl must be too. The options work
+// the same on MPTCP and plain TCP listeners, and a plain client's connection
+// is accepted as TCP. Use ListenConfig(...).SetMultipathTCP to choose.
+//
+// # What each option does, per OS
+//
+// Measured here on Linux only; every other row is read from the systems'
+// documentation and source and has not been run by this project.
+//
+//	OS                        WithReuseAddr (TCP)       WithReusePort          WithExclusiveAddr  WithRSTOnClose (Listen)
+//	Linux, Android            default on (Go's own)     SO_REUSEPORT           no effect          SO_LINGER on listener, inherited
+//	DragonFly                 default on (Go's own)     SO_REUSEPORT           no effect          SO_LINGER on listener, inherited
+//	FreeBSD                   default on (Go's own)     SO_REUSEPORT_LB        no effect          SO_LINGER on listener, inherited
+//	macOS, iOS, NetBSD,       default on (Go's own)     ErrUnsupported (no     no effect          SO_LINGER on listener, inherited
+//	OpenBSD                                             balancing)
+//	Solaris, illumos, AIX     default on (Go's own)     ErrUnsupported         no effect          SO_LINGER per accepted conn
+//	Windows                   never set                 ErrUnsupported         default on         SO_LINGER per accepted conn
+//	Plan 9, js/wasm, wasip1   ErrUnsupported if asked   ErrUnsupported         ErrUnsupported     ErrUnsupported
+//
+// For UDP (ListenPacket, Dial) SO_REUSEADDR is off unless asked, on every OS:
+// with it, another socket, even another user's, can bind the same port and
+// receive its datagrams. WithRSTOnClose does not apply to UDP, and no reuse
+// option applies to unix or ip networks: asking for one is an error reported
+// before any socket is created.
+//
+// # Errors
+//
+// Errors are *net.OpError. A wrong network or option is reported before a
+// socket exists. An option the OS cannot honour gives an error for which
+// errors.Is(err, errors.ErrUnsupported) holds: this package never quietly does
+// something less safe. A failed setsockopt names the option
+// ("setsockopt SO_REUSEPORT: ...") and keeps the errno for errors.Is, and Go
+// closes the socket. IsAddrInUse tells "address already in use" on every OS.
+package reuse

@@ -1,0 +1,216 @@
+package reuse
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// hosts returns the loopback addresses to test on: 127.0.0.1 always, ::1
+// where the machine has it.
+func hosts(t *testing.T) map[string]string {
+	t.Helper()
+	h := map[string]string{"tcp4": "127.0.0.1"}
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+		ln.Close()
+		h["tcp6"] = "::1"
+	}
+	return h
+}
+
+var mptcpOK = sync.OnceValue(func() bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_MPTCP)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+})
+
+// protocols returns the listener protocols to test: plain TCP, and MPTCP
+// where the kernel has it.
+func protocols() map[string]bool {
+	p := map[string]bool{"tcp": false}
+	if mptcpOK() {
+		p["mptcp"] = true
+	}
+	return p
+}
+
+// listenTCP listens as Listen does with opts, choosing MPTCP or plain TCP,
+// and checks with SO_PROTOCOL that the kernel gave the protocol asked for.
+func listenTCP(t *testing.T, network, addr string, mptcp bool, opts ...Option) (*net.TCPListener, error) {
+	t.Helper()
+	lc := ListenConfig(opts...)
+	lc.SetMultipathTCP(mptcp)
+	var tl *net.TCPListener
+	// Port 0 may hand out a port whose number an earlier test's client used
+	// and left in TIME_WAIT; take another, so the port's census is ours.
+	for try := 0; ; try++ {
+		ln, err := lc.Listen(context.Background(), network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tl = ln.(*net.TCPListener)
+		if !strings.HasSuffix(addr, ":0") || len(states(t, port(tl.Addr()), nil)) == 0 || try == 20 {
+			break
+		}
+		defer tl.Close()
+	}
+	t.Cleanup(func() { tl.Close() })
+	want := unix.IPPROTO_TCP
+	if mptcp {
+		want = unix.IPPROTO_MPTCP
+	}
+	require.Equal(t, want, getInt(t, tl, unix.SOL_SOCKET, unix.SO_PROTOCOL), "SO_PROTOCOL")
+	return tl, nil
+}
+
+func getInt(t *testing.T, c syscall.Conn, level, opt int) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	require.NoError(t, err)
+	var v int
+	var serr error
+	require.NoError(t, rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), level, opt) }))
+	require.NoError(t, serr)
+	return v
+}
+
+func getLinger(t *testing.T, c syscall.Conn) unix.Linger {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	require.NoError(t, err)
+	var l *unix.Linger
+	var serr error
+	require.NoError(t, rc.Control(func(fd uintptr) { l, serr = unix.GetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER) }))
+	require.NoError(t, serr)
+	return *l
+}
+
+func port(a net.Addr) int { return a.(*net.TCPAddr).Port }
+
+// pair connects a plain TCP client to ln and accepts it. The client sends a
+// byte that the server reads, so the handshake is complete on both sides
+// before a test closes anything.
+func pair(t *testing.T, ln net.Listener) (client, server *net.TCPConn) {
+	t.Helper()
+	d := net.Dialer{Timeout: 2 * time.Second}
+	c, err := d.Dial(ln.Addr().Network(), ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	_, err = c.Write([]byte{'x'})
+	require.NoError(t, err)
+	setDeadline(t, ln)
+	s, err := ln.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	require.NoError(t, s.SetReadDeadline(time.Now().Add(2*time.Second)))
+	_, err = io.ReadFull(s, make([]byte, 1))
+	require.NoError(t, err)
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+func setDeadline(t *testing.T, ln net.Listener) {
+	t.Helper()
+	if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
+		require.NoError(t, d.SetDeadline(time.Now().Add(2*time.Second)))
+	}
+}
+
+// readErr returns what the next Read on c gives: an error, io.EOF included.
+func readErr(t *testing.T, c net.Conn) error {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(2*time.Second)))
+	n, err := c.Read(make([]byte, 1))
+	require.Zero(t, n, "no data was sent")
+	return err
+}
+
+// states counts the kernel's TCP sockets on a local port by state, leaving
+// out listeners. With c, it counts only the sockets of c's four-tuple: an
+// ephemeral port can hold other tests' TIME_WAITs.
+func states(t *testing.T, port int, c net.Conn) map[State]int {
+	t.Helper()
+	socks, err := Sockets(port)
+	require.NoError(t, err)
+	m := map[State]int{}
+	for _, s := range socks {
+		if s.State == StateListen {
+			continue
+		}
+		if c != nil && (!sameAddr(s.Local, c.LocalAddr()) || !sameAddr(s.Remote, c.RemoteAddr())) {
+			continue
+		}
+		m[s.State]++
+	}
+	return m
+}
+
+func sameAddr(a netip.AddrPort, b net.Addr) bool {
+	ap := b.(*net.TCPAddr).AddrPort()
+	return a.Addr().Unmap() == ap.Addr().Unmap() && a.Port() == ap.Port()
+}
+
+// waitStates polls the kernel's table until port (or only c's four-tuple on
+// it, with c) shows exactly want, or fails after a deadline. Loopback states
+// appear at once, but FIN_WAIT1 can last tens of milliseconds after data was
+// sent.
+func waitStates(t *testing.T, port int, c net.Conn, want map[State]int) {
+	t.Helper()
+	var got map[State]int
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if got = states(t, port, c); mapsEqual(got, want) {
+			return
+		}
+	}
+	require.Equal(t, want, got, "TCP states on local port %d", port)
+}
+
+func mapsEqual(a, b map[State]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// fds counts this process's open file descriptors.
+func fds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	return len(ents)
+}
+
+// noLeak runs fn and checks that it left the fd count as it found it. fn
+// runs once before counting so that lazily created fds (the netpoller's)
+// exist already.
+func noLeak(t *testing.T, fn func()) {
+	t.Helper()
+	fn()
+	before := fds(t)
+	fn()
+	require.Equal(t, before, fds(t), "open fds before and after")
+}
+
+func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
+
+func hostPort(host string, port int) string {
+	return netip.AddrPortFrom(netip.MustParseAddr(host), uint16(port)).String()
+}

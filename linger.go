@@ -1,0 +1,74 @@
+package reuse
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+)
+
+// rstListener sets SO_LINGER {1, 0} on each accepted connection, for the
+// systems where accepted sockets are not known to inherit it from the
+// listener (see traitsOf). Elsewhere Listen returns the stdlib listener.
+type rstListener struct {
+	*net.TCPListener
+}
+
+// Accept waits for the next connection and makes its Close send RST.
+func (l *rstListener) Accept() (net.Conn, error) {
+	c, err := l.AcceptTCP()
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// AcceptTCP is Accept with the concrete type.
+func (l *rstListener) AcceptTCP() (*net.TCPConn, error) {
+	c, err := l.TCPListener.AcceptTCP()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetLinger(0); err != nil {
+		c.Close()
+		return nil, &net.OpError{Op: "accept", Net: c.LocalAddr().Network(), Addr: c.LocalAddr(), Err: err}
+	}
+	return c, nil
+}
+
+// Abort closes c so that it sends RST instead of FIN: it sets SO_LINGER
+// {on, 0} and calls Close. No TIME_WAIT is left on this side, data not yet
+// sent is discarded, and the peer's next Read fails with "connection reset by
+// peer". Use it for one connection you must drop at once; WithRSTOnClose does
+// the same for every connection of a listener.
+//
+// c must be a TCP connection that exposes its socket through SyscallConn, as
+// *net.TCPConn does, or a wrapper with a NetConn method that leads to one, as
+// *tls.Conn does. For nil, or a connection that cannot be aborted, Abort
+// returns an error and leaves c open, so the caller can still Close it.
+func Abort(c net.Conn) error {
+	if c == nil {
+		return errors.New("reuse: Abort(nil)")
+	}
+	inner := c
+	// tls.Conn and similar wrappers expose the connection they wrap.
+	for range 8 {
+		w, ok := inner.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		inner = w.NetConn()
+	}
+	sc, ok := inner.(syscall.Conn)
+	if _, tcp := inner.LocalAddr().(*net.TCPAddr); !ok || !tcp {
+		return fmt.Errorf("reuse: Abort: %T is not a TCP connection with SyscallConn", inner)
+	}
+	rc, err := sc.SyscallConn()
+	if err == nil {
+		err = apply(rc, []step{{soLinger, true}})
+	}
+	if err != nil {
+		return &net.OpError{Op: "abort", Net: inner.LocalAddr().Network(), Source: inner.LocalAddr(), Addr: inner.RemoteAddr(), Err: err}
+	}
+	return c.Close()
+}

@@ -1,0 +1,289 @@
+package reuse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"syscall"
+)
+
+// Listen announces on the local network address, like net.Listen, with the
+// socket options that make a restart safe: on Unix SO_REUSEADDR, which Go
+// already sets on TCP listeners, and on Windows SO_EXCLUSIVEADDRUSE. opts
+// change those defaults; see Option.
+//
+// The network must be "tcp", "tcp4", "tcp6", "unix" or "unixpacket"; for
+// "tcp" and an address with no host or an unspecified one, the listener
+// accepts IPv4 and IPv6 where the system allows it, as net.Listen does.
+//
+// For TCP on Linux, Android and the BSDs the result is the stdlib's
+// *net.TCPListener, whatever the options. With WithRSTOnClose on Windows,
+// Solaris, illumos and AIX it is a listener whose Accept and AcceptTCP set
+// SO_LINGER on each connection (see WithRSTOnClose).
+//
+// For "unix" and "unixpacket" on Unix systems, a path taken by a stale
+// socket file, one whose server died without removing it, is replaced: Listen
+// removes the file and binds again only when the path is a socket and a
+// connect to it is refused. A live socket, and a path that is not a socket,
+// are never touched. An flock on path+".lock", which Listen creates and
+// leaves, keeps two processes that start at once from deleting each other's
+// socket; programs that bind the path without this lock are not covered.
+//
+// Errors are *net.OpError. A network or option that is wrong is reported
+// before any socket is created; an option the OS cannot honour gives an
+// error for which errors.Is(err, errors.ErrUnsupported) holds; a setsockopt
+// that fails names the option and keeps its errno. When the address is taken,
+// IsAddrInUse(err) reports true, and on Linux the error is an
+// *AddrInUseError that says what holds the port.
+func Listen(network, address string, opts ...Option) (net.Listener, error) {
+	return ListenContext(context.Background(), network, address, opts...)
+}
+
+// ListenContext is Listen with a context, which bounds the address
+// resolution; cancelling it after ListenContext returns does not affect the
+// listener. A nil ctx is an error.
+func ListenContext(ctx context.Context, network, address string, opts ...Option) (net.Listener, error) {
+	lc, o, wrapRST, err := listenConfig(ctx, network, false, opts)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	var ln net.Listener
+	if network == "unix" || network == "unixpacket" {
+		ln, err = listenUnix(ctx, lc, network, address)
+	} else {
+		ln, err = lc.Listen(ctx, network, address)
+	}
+	if err != nil {
+		return nil, explainAddrInUse(network, address, o.bindInfo(network, address, false), err)
+	}
+	if wrapRST {
+		return &rstListener{ln.(*net.TCPListener)}, nil
+	}
+	return ln, nil
+}
+
+// ListenPacket announces on the local network address, like
+// net.ListenPacket. The network must be "udp", "udp4", "udp6", "unixgram",
+// or an ip network such as "ip4:1".
+//
+// By default it sets no socket option beyond Go's own: SO_REUSEADDR on UDP
+// would let another socket, even another user's, receive the port's
+// datagrams. Ask for it with WithReuseAddr(true), or for balancing over a
+// group of sockets with WithReusePort(true). WithRSTOnClose is an error here.
+// For a multicast group address Go itself sets SO_REUSEADDR (and on the BSDs
+// SO_REUSEPORT), which WithReuseAddr(false) clears.
+//
+// Errors are as for Listen.
+func ListenPacket(network, address string, opts ...Option) (net.PacketConn, error) {
+	lc, o, _, err := listenConfig(context.Background(), network, true, opts)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	pc, err := lc.ListenPacket(context.Background(), network, address)
+	if err != nil {
+		return nil, explainAddrInUse(network, address, o.bindInfo(network, address, false), err)
+	}
+	return pc, nil
+}
+
+// listenConfig checks the network against the verb (packet or stream) and
+// the options against the network, all before a socket exists.
+func listenConfig(ctx context.Context, network string, packet bool, opts []Option) (*net.ListenConfig, *options, bool, error) {
+	if ctx == nil {
+		return nil, nil, false, errors.New("reuse: nil Context")
+	}
+	k, ok := kindOf(network, false)
+	if !ok {
+		return nil, nil, false, net.UnknownNetworkError(network)
+	}
+	isPacket := k == kindUDP || (k == kindLocal && network != "unix" && network != "unixpacket")
+	switch {
+	case packet && !isPacket:
+		return nil, nil, false, fmt.Errorf("reuse: network %q is not a packet network: use Listen", network)
+	case !packet && isPacket:
+		return nil, nil, false, fmt.Errorf("reuse: network %q is not a stream network: use ListenPacket", network)
+	}
+	o := build(opts)
+	steps, wrapRST, err := plan(runtime.GOOS, k, o, viaListen)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return &net.ListenConfig{Control: control(steps, o.controls)}, o, wrapRST, nil
+}
+
+// bindInfo describes, for the diagnosis of a failed bind, what the socket
+// asked for: SO_REUSEADDR is on for TCP unless turned off (Go sets it on
+// listeners, Dial sets it on clients), and off for UDP unless asked.
+func (o *options) bindInfo(network, address string, dial bool) bindInfo {
+	k, _ := kindOf(network, dial)
+	reuseAddr := o.reuseAddr == on
+	if k == kindTCPListen || k == kindTCPDial {
+		reuseAddr = o.reuseAddr != off
+	}
+	return bindInfo{kind: k, addr: bindAddr(network, address), reuseAddr: reuseAddr, reusePort: o.reusePort == on}
+}
+
+// ListenConfig returns a net.ListenConfig whose Control applies opts, for
+// callers that need its other fields (KeepAlive, SetMultipathTCP) or its
+// context-taking methods. Where opts ask for nothing beyond what Go already
+// does on this OS, Control is nil, so the listener costs exactly what
+// net.Listen costs. Errors in opts are reported by Control, when a Listen
+// runs, as described there.
+func ListenConfig(opts ...Option) *net.ListenConfig {
+	o := build(opts)
+	if o.err == nil && len(o.controls) == 0 {
+		empty := true
+		for _, k := range []kind{kindTCPListen, kindUDP, kindLocal} {
+			steps, _, err := plan(runtime.GOOS, k, o, viaControl)
+			empty = empty && err == nil && len(steps) == 0
+		}
+		if empty {
+			return &net.ListenConfig{}
+		}
+	}
+	return &net.ListenConfig{Control: controlOf(o)}
+}
+
+// Control returns a function for net.ListenConfig.Control that applies opts
+// to each listening socket, for code that builds its own ListenConfig. It
+// chooses what to set from the network Go passes it ("tcp4", "udp6", ...).
+//
+// Unlike Listen, it can only report a wrong option when the socket already
+// exists: the error fails that Listen, and Go closes the socket. Use it for
+// listeners; for a client socket use Dial, whose defaults differ.
+// WithRSTOnClose through Control works only where accepted sockets inherit
+// SO_LINGER (Linux, Android, the BSDs); elsewhere it is an error for which
+// errors.Is(err, errors.ErrUnsupported) holds.
+func Control(opts ...Option) func(network, address string, c syscall.RawConn) error {
+	return controlOf(build(opts))
+}
+
+func controlOf(o *options) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		k, ok := kindOf(network, false)
+		if !ok {
+			return net.UnknownNetworkError(network)
+		}
+		steps, _, err := plan(runtime.GOOS, k, o, viaControl)
+		if err != nil {
+			return err
+		}
+		if fn := control(steps, o.controls); fn != nil {
+			return fn(network, address, c)
+		}
+		return nil
+	}
+}
+
+// control returns the Control function that sets steps and then runs the
+// caller's functions, or nil when there is nothing to do, so that Go skips
+// RawConn.Control altogether. Setting an option to a value is idempotent, as
+// it must be: Go may call Control twice for one Listen (MPTCP, then TCP).
+func control(steps []step, user []func(string, string, syscall.RawConn) error) func(string, string, syscall.RawConn) error {
+	if len(steps) == 0 && len(user) == 0 {
+		return nil
+	}
+	return func(network, address string, c syscall.RawConn) error {
+		if err := apply(c, steps); err != nil {
+			return err
+		}
+		for _, fn := range user {
+			if err := fn(network, address, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// apply runs steps on c in one RawConn.Control call.
+func apply(c syscall.RawConn, steps []step) error {
+	if len(steps) == 0 {
+		return nil
+	}
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		for _, s := range steps {
+			if serr = setsockopt(fd, s); serr != nil {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// Dial connects to raddr, like net.Dial, from the local address laddr
+// (empty: the system picks one). The network must be "tcp", "tcp4", "tcp6",
+// "udp", "udp4" or "udp6".
+//
+// For TCP it sets SO_REUSEADDR before bind, so a client that reconnects from
+// a fixed local port is not refused by the TIME_WAIT its own last connection
+// left: only the local address and port are reused, and a connect to the
+// same raddr can still fail while that exact four-tuple is in TIME_WAIT.
+// WithReuseAddr(false) turns it off, WithReusePort(true) adds SO_REUSEPORT,
+// and WithRSTOnClose makes Close of this connection send RST. On Windows
+// SO_REUSEADDR is never set for TCP (see WithReuseAddr).
+//
+// Errors are *net.OpError, as for Listen.
+func Dial(network, laddr, raddr string, opts ...Option) (net.Conn, error) {
+	return DialContext(context.Background(), network, laddr, raddr, opts...)
+}
+
+// DialContext is Dial with a context, which bounds the whole dial.
+func DialContext(ctx context.Context, network, laddr, raddr string, opts ...Option) (net.Conn, error) {
+	d, o, err := dialer(ctx, network, laddr, opts)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	c, err := d.DialContext(ctx, network, raddr)
+	if err != nil && laddr != "" {
+		return nil, explainAddrInUse(network, laddr, o.bindInfo(network, laddr, true), err)
+	}
+	return c, err
+}
+
+func dialer(ctx context.Context, network, laddr string, opts []Option) (*net.Dialer, *options, error) {
+	if ctx == nil {
+		return nil, nil, errors.New("reuse: nil Context")
+	}
+	k, ok := kindOf(network, true)
+	if !ok || k == kindLocal {
+		return nil, nil, fmt.Errorf("reuse: Dial takes tcp, tcp4, tcp6, udp, udp4 or udp6: %w", net.UnknownNetworkError(network))
+	}
+	o := build(opts)
+	steps, _, err := plan(runtime.GOOS, k, o, viaControl)
+	if err != nil {
+		return nil, nil, err
+	}
+	d := &net.Dialer{Control: control(steps, o.controls)}
+	if laddr == "" {
+		return d, o, nil
+	}
+	if k == kindUDP {
+		a, err := net.ResolveUDPAddr(network, laddr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("reuse: local address: %w", err)
+		}
+		d.LocalAddr = a
+	} else {
+		a, err := net.ResolveTCPAddr(network, laddr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("reuse: local address: %w", err)
+		}
+		d.LocalAddr = a
+	}
+	return d, o, nil
+}
+
+// IsAddrInUse reports whether err, or any error it wraps, says that the
+// address is already in use: EADDRINUSE on Unix, WSAEADDRINUSE (10048) on
+// Windows, where errors.Is(err, syscall.EADDRINUSE) is false for a real bind
+// failure.
+func IsAddrInUse(err error) bool {
+	return isAddrInUse(err)
+}

@@ -1,0 +1,46 @@
+package reuse
+
+import (
+	"errors"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/windows"
+)
+
+// exclusiveAddrUse is SO_EXCLUSIVEADDRUSE, defined in winsock2.h as
+// ((int)(~SO_REUSEADDR)); x/sys/windows does not have it.
+const exclusiveAddrUse = ^windows.SO_REUSEADDR
+
+// setsockopt carries out one step of the plan on fd. Its error names the
+// option and wraps the WSA error, so errors.Is works on it.
+func setsockopt(fd uintptr, s step) error {
+	v := 0
+	if s.on {
+		v = 1
+	}
+	h := windows.Handle(fd)
+	var err error
+	switch s.opt {
+	case soReuseAddr:
+		err = windows.SetsockoptInt(h, windows.SOL_SOCKET, windows.SO_REUSEADDR, v)
+	case soExclusiveAddrUse:
+		err = windows.SetsockoptInt(h, windows.SOL_SOCKET, exclusiveAddrUse, v)
+	case soLinger:
+		// Windows' struct linger is two u_shorts; {1, 0} as two int32s
+		// reads the same, which is what net.TCPConn.SetLinger relies on too.
+		err = windows.SetsockoptLinger(h, windows.SOL_SOCKET, windows.SO_LINGER, &windows.Linger{Onoff: int32(v)})
+	default:
+		err = errors.ErrUnsupported
+	}
+	if err != nil {
+		return os.NewSyscallError("setsockopt "+s.opt.String(), err)
+	}
+	return nil
+}
+
+// isAddrInUse: a failed bind on Windows reports WSAEADDRINUSE (10048);
+// syscall.EADDRINUSE there is a value Go invented, kept for completeness.
+func isAddrInUse(err error) bool {
+	return errors.Is(err, windows.WSAEADDRINUSE) || errors.Is(err, syscall.EADDRINUSE)
+}
