@@ -138,7 +138,7 @@ func diagnose(b bindInfo, socks []Socket, self int) string {
 		case tw == len(conns):
 			return msg + " left by a listener without SO_REUSEADDR (a TIME_WAIT keeps its listener's setting, and both need it); TIME_WAIT ends within 60 s"
 		}
-		return msg + " of sockets without SO_REUSEADDR (a listener that ran without it, or outgoing connections from this port); the port stays busy until both ends have closed"
+		return msg + " without SO_REUSEADDR (from a listener that ran without it, or outgoing connections from this port); the port stays busy until both ends have closed"
 	case len(bound) > 0:
 		return fmt.Sprintf("port %d is bound by a socket %s that neither listens nor connects", port, owner(bound[0], self))
 	}

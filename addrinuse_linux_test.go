@@ -145,7 +145,7 @@ func TestAddrInUse_Kernel(t *testing.T) {
 		},
 		"FIN_WAIT2 of a strict listener": {
 			setup: func(t *testing.T) string { return serverFirst(t, false, false).Addr().String() },
-			want:  []string{fmt.Sprintf("is held by %d FIN_WAIT2 connections of sockets without SO_REUSEADDR", n)},
+			want:  []string{fmt.Sprintf("is held by %d FIN_WAIT2 connections without SO_REUSEADDR", n)},
 		},
 		"open connections of a closed listener": {
 			setup: func(t *testing.T) string {
@@ -155,7 +155,7 @@ func TestAddrInUse_Kernel(t *testing.T) {
 				require.NoError(t, ln.Close())
 				return ln.Addr().String()
 			},
-			want:  []string{"is held by 1 ESTABLISHED connection of this process", "without SO_REUSEADDR"},
+			want:  []string{"is held by 1 ESTABLISHED connection of this process", "without SO_REUSEADDR (from a listener"},
 			count: map[State]int{StateEstablished: 1},
 		},
 		"bound, not listening": {
@@ -176,6 +176,7 @@ func TestAddrInUse_Kernel(t *testing.T) {
 			noLeak(t, func() {
 				_, err := Listen("tcp4", addr, c.opts...)
 				e := requireAddrInUse(t, err)
+				t.Log(e)
 				for _, w := range c.want {
 					assert.Contains(t, e.Error(), w)
 				}
@@ -231,7 +232,7 @@ func TestDiagnose(t *testing.T) {
 		"we are the wildcard": {bindInfo{kind: kindTCPListen, addr: ap("[::]:8080"), reuseAddr: true}, []Socket{sock("[::ffff:127.0.0.1]:8080", StateTimeWait, 0, 0, 0, "")},
 			"port 8080 is held by 1 TIME_WAIT connection left by a listener without SO_REUSEADDR (a TIME_WAIT keeps its listener's setting, and both need it); TIME_WAIT ends within 60 s"},
 		"mixed states": {b, []Socket{sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, ""), sock("127.0.0.1:8080", StateCloseWait, 0, 9, 77, "old"), sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, "")},
-			"port 8080 is held by 2 TIME_WAIT and 1 CLOSE_WAIT connections of pid 77 (old) of sockets without SO_REUSEADDR (a listener that ran without it, or outgoing connections from this port); the port stays busy until both ends have closed"},
+			"port 8080 is held by 2 TIME_WAIT and 1 CLOSE_WAIT connections of pid 77 (old) without SO_REUSEADDR (from a listener that ran without it, or outgoing connections from this port); the port stays busy until both ends have closed"},
 		"listener wins over connections": {b, []Socket{sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, ""), sock("127.0.0.1:8080", StateListen, 0, 9, 77, "new")},
 			"port 8080 is held by a LISTEN socket of pid 77 (new) on 127.0.0.1:8080; SO_REUSEADDR cannot share a live port"},
 	} {

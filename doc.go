@@ -106,6 +106,25 @@
 // option applies to unix or ip networks: asking for one is an error reported
 // before any socket is created.
 //
+// # Why is my port busy?
+//
+// On Linux, when a bind fails with "address already in use", Listen,
+// ListenPacket and Dial return an *AddrInUseError that says what holds the
+// port, from the kernel's socket table read right after the failure: a live
+// listener (with its process, where visible), TIME_WAIT or FIN_WAIT2 entries
+// and whether SO_REUSEADDR can pass them, open connections, or a socket bound
+// without listening. Sockets returns that table for any port. A Listen that
+// succeeds never reads it.
+//
+// # Stale unix sockets
+//
+// A server killed with SIGKILL leaves its unix socket file behind, and its
+// restart fails with "address already in use". Listen removes such a file and
+// binds again, but only when the path is a socket and a connect to it is
+// refused; a live socket, and anything that is not a socket, are left alone.
+// An flock on path+".lock" keeps two processes that start at once from
+// removing each other's socket (Unix only; elsewhere the error is returned).
+//
 // # Errors
 //
 // Errors are *net.OpError. A wrong network or option is reported before a

@@ -2,34 +2,12 @@ package reuse_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"net"
 
 	"github.com/safelisten/reuse"
 )
-
-// Two listeners share one port and the kernel balances connections over
-// them. Both need WithReusePort, and on Linux the same user ID.
-func ExampleWithReusePort() {
-	a, err := reuse.Listen("tcp", "127.0.0.1:0", reuse.WithReusePort(true))
-	if errors.Is(err, errors.ErrUnsupported) {
-		fmt.Println("no balancing SO_REUSEPORT on this OS")
-		return
-	}
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer a.Close()
-	b, err := reuse.Listen("tcp", a.Addr().String(), reuse.WithReusePort(true))
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer b.Close()
-	fmt.Println(a.Addr().String() == b.Addr().String())
-	// Output: true
-}
 
 // Control fits a net.ListenConfig you already have, for its other fields.
 func ExampleControl() {

@@ -160,9 +160,14 @@ func (o *options) fail(err error) {
 	}
 }
 
-// build applies opts in order. Its error names the first nil Option.
-func build(opts []Option) *options {
-	o := new(options)
+// build applies opts in order. Its error names the first nil Option. With
+// no options it allocates nothing, so a plain Listen costs what net.Listen
+// costs.
+func build(opts []Option) options {
+	if len(opts) == 0 {
+		return options{}
+	}
+	o := new(options) // an Option may keep what it is given: o escapes
 	for i, opt := range opts {
 		if opt == nil {
 			o.fail(fmt.Errorf("reuse: option %d of %d is nil", i+1, len(opts)))
@@ -170,5 +175,5 @@ func build(opts []Option) *options {
 		}
 		opt.apply(o)
 	}
-	return o
+	return *o
 }

@@ -51,7 +51,7 @@ func ListenContext(ctx context.Context, network, address string, opts ...Option)
 	}
 	var ln net.Listener
 	if network == "unix" || network == "unixpacket" {
-		ln, err = listenUnix(ctx, lc, network, address)
+		ln, err = listenUnix(ctx, &lc, network, address)
 	} else {
 		ln, err = lc.Listen(ctx, network, address)
 	}
@@ -90,27 +90,28 @@ func ListenPacket(network, address string, opts ...Option) (net.PacketConn, erro
 
 // listenConfig checks the network against the verb (packet or stream) and
 // the options against the network, all before a socket exists.
-func listenConfig(ctx context.Context, network string, packet bool, opts []Option) (*net.ListenConfig, *options, bool, error) {
+func listenConfig(ctx context.Context, network string, packet bool, opts []Option) (lc net.ListenConfig, o options, wrapRST bool, err error) {
 	if ctx == nil {
-		return nil, nil, false, errors.New("reuse: nil Context")
+		return lc, o, false, errors.New("reuse: nil Context")
 	}
 	k, ok := kindOf(network, false)
 	if !ok {
-		return nil, nil, false, net.UnknownNetworkError(network)
+		return lc, o, false, net.UnknownNetworkError(network)
 	}
 	isPacket := k == kindUDP || (k == kindLocal && network != "unix" && network != "unixpacket")
 	switch {
 	case packet && !isPacket:
-		return nil, nil, false, fmt.Errorf("reuse: network %q is not a packet network: use Listen", network)
+		return lc, o, false, fmt.Errorf("reuse: network %q is not a packet network: use Listen", network)
 	case !packet && isPacket:
-		return nil, nil, false, fmt.Errorf("reuse: network %q is not a stream network: use ListenPacket", network)
+		return lc, o, false, fmt.Errorf("reuse: network %q is not a stream network: use ListenPacket", network)
 	}
-	o := build(opts)
-	steps, wrapRST, err := plan(runtime.GOOS, k, o, viaListen)
+	o = build(opts)
+	steps, wrapRST, err := plan(runtime.GOOS, k, &o, viaListen)
 	if err != nil {
-		return nil, nil, false, err
+		return lc, o, false, err
 	}
-	return &net.ListenConfig{Control: control(steps, o.controls)}, o, wrapRST, nil
+	lc.Control = control(steps, o.controls)
+	return lc, o, wrapRST, nil
 }
 
 // bindInfo describes, for the diagnosis of a failed bind, what the socket
@@ -136,14 +137,14 @@ func ListenConfig(opts ...Option) *net.ListenConfig {
 	if o.err == nil && len(o.controls) == 0 {
 		empty := true
 		for _, k := range []kind{kindTCPListen, kindUDP, kindLocal} {
-			steps, _, err := plan(runtime.GOOS, k, o, viaControl)
+			steps, _, err := plan(runtime.GOOS, k, &o, viaControl)
 			empty = empty && err == nil && len(steps) == 0
 		}
 		if empty {
 			return &net.ListenConfig{}
 		}
 	}
-	return &net.ListenConfig{Control: controlOf(o)}
+	return &net.ListenConfig{Control: controlOf(&o)}
 }
 
 // Control returns a function for net.ListenConfig.Control that applies opts
@@ -157,7 +158,8 @@ func ListenConfig(opts ...Option) *net.ListenConfig {
 // SO_LINGER (Linux, Android, the BSDs); elsewhere it is an error for which
 // errors.Is(err, errors.ErrUnsupported) holds.
 func Control(opts ...Option) func(network, address string, c syscall.RawConn) error {
-	return controlOf(build(opts))
+	o := build(opts)
+	return controlOf(&o)
 }
 
 func controlOf(o *options) func(network, address string, c syscall.RawConn) error {
@@ -256,13 +258,13 @@ func dialer(ctx context.Context, network, laddr string, opts []Option) (*net.Dia
 		return nil, nil, fmt.Errorf("reuse: Dial takes tcp, tcp4, tcp6, udp, udp4 or udp6: %w", net.UnknownNetworkError(network))
 	}
 	o := build(opts)
-	steps, _, err := plan(runtime.GOOS, k, o, viaControl)
+	steps, _, err := plan(runtime.GOOS, k, &o, viaControl)
 	if err != nil {
 		return nil, nil, err
 	}
 	d := &net.Dialer{Control: control(steps, o.controls)}
 	if laddr == "" {
-		return d, o, nil
+		return d, &o, nil
 	}
 	if k == kindUDP {
 		a, err := net.ResolveUDPAddr(network, laddr)
@@ -277,7 +279,7 @@ func dialer(ctx context.Context, network, laddr string, opts []Option) (*net.Dia
 		}
 		d.LocalAddr = a
 	}
-	return d, o, nil
+	return d, &o, nil
 }
 
 // IsAddrInUse reports whether err, or any error it wraps, says that the

@@ -143,7 +143,8 @@ const tcpBoundInactive = 13
 
 // diagBufSize bounds each read. Netlink never builds a dump datagram larger
 // than 32 KiB, however large the reader's buffer (netlink_recvmsg caps
-// max_recvmsg_len there), and each socket costs 88 bytes of it.
+// max_recvmsg_len there); each socket takes about 124 bytes of it (header,
+// inet_diag_msg and the attributes the kernel always adds).
 const diagBufSize = 32 << 10
 
 // sockets reads the table through netlink and falls back to /proc/net/tcp*

@@ -16,7 +16,8 @@ import (
 // with "wrap" added when Listen must set RST-on-close per connection.
 func planOf(t *testing.T, goos string, k kind, v via, opts ...Option) ([]string, error) {
 	t.Helper()
-	steps, wrap, err := plan(goos, k, build(opts), v)
+	o := build(opts)
+	steps, wrap, err := plan(goos, k, &o, v)
 	if err != nil {
 		require.Empty(t, steps)
 		require.False(t, wrap)
