@@ -61,7 +61,8 @@ func (e *AddrInUseError) Count(s State) int {
 // bindInfo is what the failed socket asked for, which the diagnosis needs.
 type bindInfo struct {
 	kind      kind
-	addr      netip.AddrPort // the resolved local address; unspecified for ":port"
+	addr      netip.AddrPort // the local address that failed; unspecified for ":port"
+	v6only    bool           // an IPv6 socket that does not take IPv4 (tcp6, udp6)
 	reuseAddr bool           // the failed socket had SO_REUSEADDR on
 	reusePort bool
 }
@@ -69,7 +70,10 @@ type bindInfo struct {
 // explainAddrInUse returns err as an *AddrInUseError when it is an
 // address-in-use error and the census can be taken, else err unchanged.
 func explainAddrInUse(network, address string, b bindInfo, err error) error {
-	if !isAddrInUse(err) || b.addr.Port() == 0 {
+	if !haveCensus || !isAddrInUse(err) {
+		return err
+	}
+	if b.addr = failedAddr(err); b.addr.Port() == 0 {
 		return err
 	}
 	e := &AddrInUseError{Network: network, Address: address, Err: err}
@@ -78,9 +82,6 @@ func explainAddrInUse(network, address string, b bindInfo, err error) error {
 		return e
 	}
 	socks, cerr := Sockets(int(b.addr.Port()))
-	if errors.Is(cerr, errors.ErrUnsupported) {
-		return err
-	}
 	if cerr != nil {
 		e.why = "the socket table could not be read: " + cerr.Error()
 		return e
@@ -93,12 +94,14 @@ func explainAddrInUse(network, address string, b bindInfo, err error) error {
 // diagnose says, from the census of the port, why a bind of b failed. It
 // follows the kernel's rule (Linux inet_bind_conflict): a socket on an
 // overlapping address blocks the bind unless both have SO_REUSEADDR and it is
-// not listening, or both have SO_REUSEPORT under the same user.
+// not listening, or both have SO_REUSEPORT under the same user. The census
+// does not show the other sockets' SO_REUSEADDR: where the message names it,
+// it is inferred from this socket's.
 func diagnose(b bindInfo, socks []Socket, self int) string {
 	port := b.addr.Port()
 	var listeners, bound, conns []Socket
 	for _, s := range socks {
-		if !overlaps(b.addr.Addr(), s.Local.Addr()) {
+		if !overlaps(b.addr.Addr(), b.v6only, s.Local.Addr()) {
 			continue
 		}
 		switch s.State {
@@ -110,8 +113,7 @@ func diagnose(b bindInfo, socks []Socket, self int) string {
 			conns = append(conns, s)
 		}
 	}
-	switch {
-	case len(listeners) > 0:
+	if len(listeners) > 0 {
 		l := listeners[0]
 		msg := fmt.Sprintf("port %d is held by a LISTEN socket %s on %s", port, owner(l, self), l.Local)
 		if len(listeners) > 1 {
@@ -121,40 +123,49 @@ func diagnose(b bindInfo, socks []Socket, self int) string {
 			return msg + "; SO_REUSEPORT shares a live port only when every listener on it has SO_REUSEPORT and the same user"
 		}
 		return msg + "; SO_REUSEADDR cannot share a live port"
-	case len(conns) > 0:
-		counts, tw := stateCounts(conns)
-		msg := fmt.Sprintf("port %d is held by %s", port, counts)
-		for _, s := range conns {
-			if s.PID != 0 {
-				msg += " " + owner(s, self)
-				break
-			}
-		}
-		switch {
-		case !b.reuseAddr && tw == len(conns):
-			return msg + ", and this socket has SO_REUSEADDR off; TIME_WAIT ends within 60 s"
-		case !b.reuseAddr:
-			return msg + ", and this socket has SO_REUSEADDR off; the port stays busy until both ends have closed, then for the 60 s of TIME_WAIT"
-		case tw == len(conns):
-			return msg + " left by a listener without SO_REUSEADDR (a TIME_WAIT keeps its listener's setting, and both need it); TIME_WAIT ends within 60 s"
-		}
-		return msg + " without SO_REUSEADDR (from a listener that ran without it, or outgoing connections from this port); the port stays busy until both ends have closed"
-	case len(bound) > 0:
-		return fmt.Sprintf("port %d is bound by a socket %s that neither listens nor connects", port, owner(bound[0], self))
 	}
-	return fmt.Sprintf("no TCP socket on port %d shows in the kernel's table now: its holder has gone, or is bound without listening (shown only by Linux 6.8 and later)", port)
+	if len(conns)+len(bound) == 0 {
+		return fmt.Sprintf("no TCP socket on port %d shows in the kernel's table now: its holder has gone, or is bound without listening (shown only by Linux 6.8 and later)", port)
+	}
+	var held []string
+	tw := 0
+	if len(conns) > 0 {
+		var counts string
+		counts, tw = stateCounts(conns)
+		held = append(held, counts+ownerOf(conns, self))
+	}
+	if len(bound) > 0 {
+		what := "a socket"
+		if len(bound) > 1 {
+			what = strconv.Itoa(len(bound)) + " sockets"
+		}
+		held = append(held, what+ownerOf(bound, self)+" bound without listening")
+	}
+	msg := fmt.Sprintf("port %d is held by %s", port, strings.Join(held, " and "))
+	switch {
+	case !b.reuseAddr && tw == len(conns)+len(bound):
+		return msg + ", and this socket has SO_REUSEADDR off; TIME_WAIT ends within 60 s"
+	case !b.reuseAddr:
+		return msg + ", and this socket has SO_REUSEADDR off; the port stays busy until they close"
+	case tw == len(conns)+len(bound):
+		// This socket had SO_REUSEADDR and only TIME_WAITs are in the way:
+		// some of them must lack it.
+		return msg + " left by a listener without SO_REUSEADDR (a TIME_WAIT keeps its listener's setting, and both need it); TIME_WAIT ends within 60 s"
+	}
+	return msg + ", at least one without SO_REUSEADDR (from a listener that ran without it, an outgoing connection from this port, or a plain bind); the port stays busy until they close"
 }
 
-// overlaps reports whether binds to a and b collide: equal addresses, or a
-// wildcard that covers the other. [::] covers IPv4 too, as a dual-stack
-// socket does; an IPV6_V6ONLY one does not, which the table does not show.
-func overlaps(a, b netip.Addr) bool {
+// overlaps reports whether a bind to a (IPv6-only when v6only) collides with
+// a socket on b: equal addresses, or a wildcard that covers the other. The
+// census does not carry IPV6_V6ONLY, so a [::] socket in it is taken to be
+// dual-stack, as Go makes them for "tcp".
+func overlaps(a netip.Addr, v6only bool, b netip.Addr) bool {
 	a, b = a.Unmap(), b.Unmap()
 	switch {
 	case a == b:
 		return true
 	case a.IsUnspecified():
-		return a.Is6() || b.Is4()
+		return b.Is4() == a.Is4() || (a.Is6() && !v6only)
 	case b.IsUnspecified():
 		return b.Is6() || a.Is4()
 	}
@@ -196,36 +207,49 @@ func owner(s Socket, self int) string {
 	return "(no process holds it)"
 }
 
-// bindAddr resolves the local address a failed call asked for, with the
-// wildcard Go binds for an empty host: [::] for "tcp" and "udp", which are
-// dual-stack, 0.0.0.0 for the IPv4-only networks.
-func bindAddr(network, address string) netip.AddrPort {
+// ownerOf names the first holder found among socks, as " of pid N (cmd)",
+// or "" when none is visible (TIME_WAIT and orphans have none).
+func ownerOf(socks []Socket, self int) string {
+	for _, s := range socks {
+		if s.PID != 0 {
+			return " " + owner(s, self)
+		}
+	}
+	return ""
+}
+
+// failedAddr returns the local address in err, the *net.OpError of a failed
+// listen (Addr) or dial (Source), as Go resolved it: no second lookup. An
+// empty host is the wildcard Go bound: [::] for "tcp" and "udp", which are
+// dual-stack, and it binds "0.0.0.0" that way too; 0.0.0.0 for "tcp4".
+func failedAddr(err error) netip.AddrPort {
+	var op *net.OpError
+	if !errors.As(err, &op) {
+		return netip.AddrPort{}
+	}
+	a := op.Addr
+	if op.Op == "dial" {
+		a = op.Source
+	}
 	var ip net.IP
 	var port int
-	switch network {
-	case "tcp", "tcp4", "tcp6":
-		a, err := net.ResolveTCPAddr(network, address)
-		if err != nil {
-			return netip.AddrPort{}
-		}
+	switch a := a.(type) {
+	case *net.TCPAddr:
 		ip, port = a.IP, a.Port
-	case "udp", "udp4", "udp6":
-		a, err := net.ResolveUDPAddr(network, address)
-		if err != nil {
-			return netip.AddrPort{}
-		}
+	case *net.UDPAddr:
 		ip, port = a.IP, a.Port
 	default:
 		return netip.AddrPort{}
 	}
 	addr, ok := netip.AddrFromSlice(ip)
+	ipv4Only := strings.HasSuffix(op.Net, "4")
 	switch {
-	case !ok && strings.HasSuffix(network, "4"):
+	case !ok && ipv4Only:
 		addr = netip.IPv4Unspecified()
 	case !ok:
 		addr = netip.IPv6Unspecified()
-	case addr.Unmap().IsUnspecified() && !strings.HasSuffix(network, "4"):
-		addr = netip.IPv6Unspecified() // Go binds "0.0.0.0" as dual-stack [::] too
+	case addr.Unmap().IsUnspecified() && !ipv4Only:
+		addr = netip.IPv6Unspecified()
 	}
 	return netip.AddrPortFrom(addr.Unmap(), uint16(port))
 }

@@ -57,7 +57,8 @@ func TestAddrInUse_ChildProcessHoldsPort(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperListener$")
-	cmd.Env = append(os.Environ(), "REUSE_HELPER_LISTEN=127.0.0.1:0")
+	// A race-built child sleeps a second at exit unless told not to.
+	cmd.Env = append(os.Environ(), "REUSE_HELPER_LISTEN=127.0.0.1:0", "GORACE=atexit_sleep_ms=0")
 	stdin, err := cmd.StdinPipe()
 	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()
@@ -140,12 +141,12 @@ func TestAddrInUse_Kernel(t *testing.T) {
 		"FIN_WAIT2, new listener strict": {
 			setup: func(t *testing.T) string { return serverFirst(t, true, false).Addr().String() },
 			opts:  []Option{WithReuseAddr(false)},
-			want:  []string{fmt.Sprintf("is held by %d FIN_WAIT2 connections", n), "SO_REUSEADDR off", "until both ends have closed"},
+			want:  []string{fmt.Sprintf("is held by %d FIN_WAIT2 connections, and this socket has SO_REUSEADDR off; the port stays busy until they close", n)},
 			count: map[State]int{StateFinWait2: n},
 		},
 		"FIN_WAIT2 of a strict listener": {
 			setup: func(t *testing.T) string { return serverFirst(t, false, false).Addr().String() },
-			want:  []string{fmt.Sprintf("is held by %d FIN_WAIT2 connections without SO_REUSEADDR", n)},
+			want:  []string{fmt.Sprintf("is held by %d FIN_WAIT2 connections, at least one without SO_REUSEADDR", n)},
 		},
 		"open connections of a closed listener": {
 			setup: func(t *testing.T) string {
@@ -155,7 +156,7 @@ func TestAddrInUse_Kernel(t *testing.T) {
 				require.NoError(t, ln.Close())
 				return ln.Addr().String()
 			},
-			want:  []string{"is held by 1 ESTABLISHED connection of this process", "without SO_REUSEADDR (from a listener"},
+			want:  []string{"is held by 1 ESTABLISHED connection of this process", ", at least one without SO_REUSEADDR (from a listener"},
 			count: map[State]int{StateEstablished: 1},
 		},
 		"bound, not listening": {
@@ -168,7 +169,7 @@ func TestAddrInUse_Kernel(t *testing.T) {
 				require.NoError(t, err)
 				return hostPort("127.0.0.1", sa.(*unix.SockaddrInet4).Port)
 			},
-			want: []string{"neither listens nor connects"}, // Linux 6.8+; older: "no TCP socket"
+			want: []string{"is held by a socket of this process (pid " + strconv.Itoa(os.Getpid()) + ") bound without listening"}, // Linux 6.8+
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -232,7 +233,13 @@ func TestDiagnose(t *testing.T) {
 		"we are the wildcard": {bindInfo{kind: kindTCPListen, addr: ap("[::]:8080"), reuseAddr: true}, []Socket{sock("[::ffff:127.0.0.1]:8080", StateTimeWait, 0, 0, 0, "")},
 			"port 8080 is held by 1 TIME_WAIT connection left by a listener without SO_REUSEADDR (a TIME_WAIT keeps its listener's setting, and both need it); TIME_WAIT ends within 60 s"},
 		"mixed states": {b, []Socket{sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, ""), sock("127.0.0.1:8080", StateCloseWait, 0, 9, 77, "old"), sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, "")},
-			"port 8080 is held by 2 TIME_WAIT and 1 CLOSE_WAIT connections of pid 77 (old) without SO_REUSEADDR (from a listener that ran without it, or outgoing connections from this port); the port stays busy until both ends have closed"},
+			"port 8080 is held by 2 TIME_WAIT and 1 CLOSE_WAIT connections of pid 77 (old), at least one without SO_REUSEADDR (from a listener that ran without it, an outgoing connection from this port, or a plain bind); the port stays busy until they close"},
+		"TIME_WAIT and a bound socket: no claim about the TIME_WAITs": {b, []Socket{sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, ""), sock("127.0.0.2:8080", StateTimeWait, 0, 0, 0, ""), sock("0.0.0.0:8080", StateClose, 0, 5, 42, "holder")},
+			"port 8080 is held by 1 TIME_WAIT connection and a socket of pid 42 (holder) bound without listening, at least one without SO_REUSEADDR (from a listener that ran without it, an outgoing connection from this port, or a plain bind); the port stays busy until they close"},
+		"tcp6 is IPv6-only: IPv4 sockets are not in its way": {bindInfo{kind: kindTCPListen, addr: ap("[::]:8080"), v6only: true, reuseAddr: true}, []Socket{sock("0.0.0.0:8080", StateListen, 0, 7, 1, "init")},
+			"no TCP socket on port 8080 shows in the kernel's table now: its holder has gone, or is bound without listening (shown only by Linux 6.8 and later)"},
+		"strict socket, TIME_WAIT only": {bindInfo{kind: kindTCPListen, addr: ap("127.0.0.1:8080")}, []Socket{sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, "")},
+			"port 8080 is held by 1 TIME_WAIT connection, and this socket has SO_REUSEADDR off; TIME_WAIT ends within 60 s"},
 		"listener wins over connections": {b, []Socket{sock("127.0.0.1:8080", StateTimeWait, 0, 0, 0, ""), sock("127.0.0.1:8080", StateListen, 0, 9, 77, "new")},
 			"port 8080 is held by a LISTEN socket of pid 77 (new) on 127.0.0.1:8080; SO_REUSEADDR cannot share a live port"},
 	} {
@@ -245,36 +252,49 @@ func TestDiagnose(t *testing.T) {
 func TestOverlaps(t *testing.T) {
 	a := netip.MustParseAddr
 	for _, c := range []struct {
-		x, y string
-		want bool
+		x      string
+		v6only bool
+		y      string
+		want   bool
 	}{
-		{"127.0.0.1", "127.0.0.1", true},
-		{"127.0.0.1", "127.0.0.2", false},
-		{"0.0.0.0", "127.0.0.1", true},
-		{"127.0.0.1", "0.0.0.0", true},
-		{"0.0.0.0", "::1", false},
-		{"::", "127.0.0.1", true},
-		{"::", "::1", true},
-		{"::ffff:127.0.0.1", "127.0.0.1", true},
-		{"::1", "127.0.0.1", false},
+		{"127.0.0.1", false, "127.0.0.1", true},
+		{"127.0.0.1", false, "127.0.0.2", false},
+		{"0.0.0.0", false, "127.0.0.1", true},
+		{"127.0.0.1", false, "0.0.0.0", true},
+		{"0.0.0.0", false, "::1", false},
+		{"::", false, "127.0.0.1", true},
+		{"::", true, "127.0.0.1", false},
+		{"::", true, "::1", true},
+		{"::", false, "::1", true},
+		{"::1", false, "::", true},
+		{"127.0.0.1", false, "::", true},
+		{"::ffff:127.0.0.1", false, "127.0.0.1", true},
+		{"::1", false, "127.0.0.1", false},
 	} {
-		assert.Equal(t, c.want, overlaps(a(c.x), a(c.y)), "%s ~ %s", c.x, c.y)
+		assert.Equal(t, c.want, overlaps(a(c.x), c.v6only, a(c.y)), "%s (v6only %v) ~ %s", c.x, c.v6only, c.y)
 	}
 }
 
-func TestBindAddr(t *testing.T) {
-	for _, c := range []struct{ network, address, want string }{
-		{"tcp", ":8080", "[::]:8080"},
-		{"tcp", "0.0.0.0:8080", "[::]:8080"},
-		{"tcp4", ":8080", "0.0.0.0:8080"},
-		{"tcp4", "127.0.0.1:80", "127.0.0.1:80"},
-		{"tcp6", "[::1]:80", "[::1]:80"},
-		{"udp4", ":53", "0.0.0.0:53"},
-		{"unix", "/x", "invalid AddrPort"},
-		{"tcp", "bad", "invalid AddrPort"},
+// TestFailedAddr: the diagnosis takes the address from the stdlib's error,
+// as Go resolved and bound it.
+func TestFailedAddr(t *testing.T) {
+	tcp := func(ip string, port int) *net.TCPAddr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: port} }
+	for _, c := range []struct {
+		op   *net.OpError
+		want string
+	}{
+		{&net.OpError{Op: "listen", Net: "tcp", Addr: &net.TCPAddr{Port: 8080}}, "[::]:8080"},
+		{&net.OpError{Op: "listen", Net: "tcp", Addr: tcp("0.0.0.0", 8080)}, "[::]:8080"},
+		{&net.OpError{Op: "listen", Net: "tcp4", Addr: &net.TCPAddr{Port: 8080}}, "0.0.0.0:8080"},
+		{&net.OpError{Op: "listen", Net: "tcp4", Addr: tcp("127.0.0.1", 80)}, "127.0.0.1:80"},
+		{&net.OpError{Op: "listen", Net: "tcp6", Addr: tcp("::1", 80)}, "[::1]:80"},
+		{&net.OpError{Op: "listen", Net: "udp4", Addr: &net.UDPAddr{Port: 53}}, "0.0.0.0:53"},
+		{&net.OpError{Op: "dial", Net: "tcp4", Source: tcp("127.0.0.1", 99), Addr: tcp("127.0.0.1", 80)}, "127.0.0.1:99"},
+		{&net.OpError{Op: "listen", Net: "unix", Addr: &net.UnixAddr{Name: "/x"}}, "invalid AddrPort"},
 	} {
-		assert.Equal(t, c.want, bindAddr(c.network, c.address).String(), "%s %s", c.network, c.address)
+		assert.Equal(t, c.want, failedAddr(fmt.Errorf("wrapped: %w", c.op)).String(), "%v", c.op)
 	}
+	assert.Equal(t, "invalid AddrPort", failedAddr(errors.New("no OpError")).String())
 }
 
 // TestUnix_StaleSocketIsReplaced: a socket file whose server is gone (here:
@@ -391,6 +411,32 @@ func TestUnix_ConcurrentStartsOnStalePath(t *testing.T) {
 	}
 }
 
+// TestUnix_UnusableLockFile: when path.lock cannot be used (here a
+// directory, or a symbolic link, which is not followed), Listen behaves as
+// net.Listen does and a stale file is reported, not replaced.
+func TestUnix_UnusableLockFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.sock")
+	require.NoError(t, os.Mkdir(path+".lock", 0o700))
+	ln, err := Listen("unix", path)
+	require.NoError(t, err, "a lock that cannot be taken does not stop a free path")
+	ln.Close()
+
+	stale(t, "unix", path)
+	_, err = Listen("unix", path)
+	e := requireAddrInUse(t, err)
+	assert.Contains(t, e.Error(), path+" was not checked for a stale socket: reuse: lock file")
+
+	path2 := filepath.Join(dir, "t.sock")
+	target := filepath.Join(dir, "target")
+	require.NoError(t, os.Symlink(target, path2+".lock"))
+	ln, err = Listen("unix", path2)
+	require.NoError(t, err)
+	ln.Close()
+	_, err = os.Lstat(target)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the lock file's symbolic link was not followed")
+}
+
 func TestUnix_AbstractAndLockErrors(t *testing.T) {
 	name := "@reuse-test-" + strconv.Itoa(os.Getpid())
 	ln, err := Listen("unix", name)
@@ -401,8 +447,7 @@ func TestUnix_AbstractAndLockErrors(t *testing.T) {
 
 	_, err = Listen("unix", filepath.Join(t.TempDir(), "missing", "s.sock"))
 	require.Error(t, err)
-	assert.ErrorIs(t, err, os.ErrNotExist)
-	assert.Contains(t, err.Error(), "lock file")
+	assert.ErrorIs(t, err, os.ErrNotExist, "as net.Listen says")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

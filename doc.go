@@ -29,9 +29,12 @@
 // # Why SO_REUSEADDR is the fix
 //
 // SO_REUSEADDR lets a listening socket bind a local address and port that
-// TIME_WAIT or FIN_WAIT2 connections still use. It never admits a second live
-// listener on Linux or the BSDs: two listeners on one port need
-// SO_REUSEPORT on both. On Linux a TIME_WAIT keeps the SO_REUSEADDR setting of
+// TIME_WAIT or FIN_WAIT2 connections still use. On Linux it never admits a
+// second live listener: two listeners on one port need SO_REUSEPORT on both.
+// On FreeBSD, macOS and the other BSDs it does let a socket of the same user
+// (or root) bind a specific address under another socket's wildcard, which Go
+// allows by default there too, since it sets SO_REUSEADDR itself. On Linux a
+// TIME_WAIT keeps the SO_REUSEADDR setting of
 // the listener it came from, and the kernel lets a new listener past it only
 // when both have it on: a server that ran without it blocks its successor for
 // up to 60 seconds, whatever the successor sets.
@@ -40,8 +43,14 @@
 // Listen keeps it (without a second system call); WithReuseAddr(false) turns
 // it off. On Windows SO_REUSEADDR means something else, that any socket may
 // bind a port in use, so this package never sets it there for TCP and sets
-// SO_EXCLUSIVEADDRUSE instead. A Windows listener binds past TIME_WAIT without
-// either option.
+// SO_EXCLUSIVEADDRUSE instead, so that no other socket can take the port.
+// Several projects report that a Windows listener binds past TIME_WAIT with
+// neither option. Microsoft documents that a new SO_EXCLUSIVEADDRUSE socket
+// cannot bind while a connection accepted by the previous exclusive listener
+// is still active, and reports differ on whether TIME_WAIT counts (libuv says
+// it does; Twisted and Trio restart fine). This project has not run Windows:
+// if a restart there fails with WSAEADDRINUSE, WithExclusiveAddr(false) gives
+// Go's plain behaviour.
 //
 // # The five-tuple caveat
 //
@@ -123,12 +132,15 @@
 // binds again, but only when the path is a socket and a connect to it is
 // refused; a live socket, and anything that is not a socket, are left alone.
 // An flock on path+".lock" keeps two processes that start at once from
-// removing each other's socket (Unix only; elsewhere the error is returned).
+// removing each other's socket. This is done on Linux only, where a refused
+// connect proves nobody listens: on macOS and the BSDs a live server whose
+// accept queue is full refuses connects too. Elsewhere the error is returned.
 //
 // # Errors
 //
-// Errors are *net.OpError. A wrong network or option is reported before a
-// socket exists. An option the OS cannot honour gives an error for which
+// Every error wraps a *net.OpError (errors.As finds it), as the stdlib's do;
+// on Linux an address in use comes as an *AddrInUseError around it. A wrong
+// network or option is reported before a socket exists. An option the OS cannot honour gives an error for which
 // errors.Is(err, errors.ErrUnsupported) holds: this package never quietly does
 // something less safe. A failed setsockopt names the option
 // ("setsockopt SO_REUSEPORT: ...") and keeps the errno for errors.Is, and Go

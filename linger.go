@@ -23,17 +23,25 @@ func (l *rstListener) Accept() (net.Conn, error) {
 	return c, nil
 }
 
-// AcceptTCP is Accept with the concrete type.
+// AcceptTCP is Accept with the concrete type. A connection whose SO_LINGER
+// cannot be set (the peer reset it already) is closed and skipped, as Go
+// ignores setsockopt errors on accepted connections: one bad connection
+// must not stop a server's Accept loop.
 func (l *rstListener) AcceptTCP() (*net.TCPConn, error) {
-	c, err := l.TCPListener.AcceptTCP()
-	if err != nil {
-		return nil, err
-	}
-	if err := c.SetLinger(0); err != nil {
+	for {
+		c, err := l.TCPListener.AcceptTCP()
+		if err != nil {
+			return nil, err
+		}
+		rc, err := c.SyscallConn()
+		if err == nil {
+			err = apply(rc, []step{{soLinger, true}})
+		}
+		if err == nil {
+			return c, nil
+		}
 		c.Close()
-		return nil, &net.OpError{Op: "accept", Net: c.LocalAddr().Network(), Addr: c.LocalAddr(), Err: err}
 	}
-	return c, nil
 }
 
 // Abort closes c so that it sends RST instead of FIN: it sets SO_LINGER
@@ -44,8 +52,10 @@ func (l *rstListener) AcceptTCP() (*net.TCPConn, error) {
 //
 // c must be a TCP connection that exposes its socket through SyscallConn, as
 // *net.TCPConn does, or a wrapper with a NetConn method that leads to one, as
-// *tls.Conn does. For nil, or a connection that cannot be aborted, Abort
-// returns an error and leaves c open, so the caller can still Close it.
+// *tls.Conn does; Abort then closes the TCP connection itself, without the
+// wrapper's goodbye (a TLS close_notify). For nil, or a connection that
+// cannot be aborted, Abort returns an error and leaves c open, so the caller
+// can still Close it.
 func Abort(c net.Conn) error {
 	if c == nil {
 		return errors.New("reuse: Abort(nil)")
@@ -57,7 +67,9 @@ func Abort(c net.Conn) error {
 		if !ok {
 			break
 		}
-		inner = w.NetConn()
+		if inner = w.NetConn(); inner == nil {
+			return fmt.Errorf("reuse: Abort: %T wraps a nil connection", w)
+		}
 	}
 	sc, ok := inner.(syscall.Conn)
 	if _, tcp := inner.LocalAddr().(*net.TCPAddr); !ok || !tcp {
@@ -70,5 +82,7 @@ func Abort(c net.Conn) error {
 	if err != nil {
 		return &net.OpError{Op: "abort", Net: inner.LocalAddr().Network(), Source: inner.LocalAddr(), Addr: inner.RemoteAddr(), Err: err}
 	}
-	return c.Close()
+	// Close the socket itself: a wrapper's Close may first write (a TLS
+	// close_notify, with a deadline of seconds), which an abort must not.
+	return inner.Close()
 }

@@ -125,6 +125,7 @@ func TestAbort_Errors(t *testing.T) {
 	a, b := net.Pipe()
 	defer b.Close()
 	assert.ErrorContains(t, Abort(a), "net.pipe is not a TCP connection")
+	assert.ErrorContains(t, Abort(nilWrapper{a}), "wraps a nil connection")
 	require.NoError(t, a.Close(), "left open by Abort")
 
 	path := filepath.Join(t.TempDir(), "s.sock")
@@ -164,3 +165,8 @@ func TestRSTListener(t *testing.T) {
 	_, err = ln.Accept()
 	assert.ErrorIs(t, err, net.ErrClosed)
 }
+
+// nilWrapper is a wrapper whose NetConn has nothing to give.
+type nilWrapper struct{ net.Conn }
+
+func (nilWrapper) NetConn() net.Conn { return nil }

@@ -98,10 +98,16 @@ func WithReusePort(on bool) Option {
 // socket can bind the same port, not even one with SO_REUSEADDR. It is on by
 // default for TCP listeners on Windows; off leaves Go's plain Windows
 // behaviour. For UDP and Dial on Windows it is set only when asked for.
+// Microsoft documents that an exclusive socket cannot bind while a
+// connection accepted by the previous exclusive listener is still active;
+// whether TIME_WAIT counts is not verified here (see the package
+// documentation). If a Windows restart fails with WSAEADDRINUSE, turn it off.
 //
-// Linux and the BSDs refuse a second live listener on a port unless both
-// sockets ask to share it, so there, and on Solaris, illumos and AIX, it has
-// no effect. On Plan 9, js/wasm and wasip1, where no socket option can be
+// On every other system it has no effect. Linux refuses a second live
+// listener on a port unless both sockets ask to share it; on macOS and the
+// BSDs, Go's own SO_REUSEADDR lets a socket of the same user bind a specific
+// address under another socket's wildcard, which this option does not
+// prevent there. On Plan 9, js/wasm and wasip1, where no socket option can be
 // set, WithExclusiveAddr(true) is an error for which
 // errors.Is(err, errors.ErrUnsupported) holds. It does not apply to unix and
 // ip networks: asking for it there is an error.

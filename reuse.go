@@ -23,15 +23,16 @@ import (
 // Solaris, illumos and AIX it is a listener whose Accept and AcceptTCP set
 // SO_LINGER on each connection (see WithRSTOnClose).
 //
-// For "unix" and "unixpacket" on Unix systems, a path taken by a stale
+// For "unix" and "unixpacket" on Linux, a path taken by a stale
 // socket file, one whose server died without removing it, is replaced: Listen
 // removes the file and binds again only when the path is a socket and a
 // connect to it is refused. A live socket, and a path that is not a socket,
 // are never touched. An flock on path+".lock", which Listen creates and
 // leaves, keeps two processes that start at once from deleting each other's
 // socket; programs that bind the path without this lock are not covered.
+// When the lock file cannot be used, Listen binds as net.Listen does.
 //
-// Errors are *net.OpError. A network or option that is wrong is reported
+// Errors wrap a *net.OpError. A network or option that is wrong is reported
 // before any socket is created; an option the OS cannot honour gives an
 // error for which errors.Is(err, errors.ErrUnsupported) holds; a setsockopt
 // that fails names the option and keeps its errno. When the address is taken,
@@ -56,7 +57,7 @@ func ListenContext(ctx context.Context, network, address string, opts ...Option)
 		ln, err = lc.Listen(ctx, network, address)
 	}
 	if err != nil {
-		return nil, explainAddrInUse(network, address, o.bindInfo(network, address, false), err)
+		return nil, explainAddrInUse(network, address, o.bindInfo(network, false), err)
 	}
 	if wrapRST {
 		return &rstListener{ln.(*net.TCPListener)}, nil
@@ -72,8 +73,9 @@ func ListenContext(ctx context.Context, network, address string, opts ...Option)
 // would let another socket, even another user's, receive the port's
 // datagrams. Ask for it with WithReuseAddr(true), or for balancing over a
 // group of sockets with WithReusePort(true). WithRSTOnClose is an error here.
-// For a multicast group address Go itself sets SO_REUSEADDR (and on the BSDs
-// SO_REUSEPORT), which WithReuseAddr(false) clears.
+// For a multicast group address Go itself sets SO_REUSEADDR, which
+// WithReuseAddr(false) clears, and on the BSDs and AIX also SO_REUSEPORT,
+// which this package leaves as Go set it.
 //
 // Errors are as for Listen.
 func ListenPacket(network, address string, opts ...Option) (net.PacketConn, error) {
@@ -83,7 +85,7 @@ func ListenPacket(network, address string, opts ...Option) (net.PacketConn, erro
 	}
 	pc, err := lc.ListenPacket(context.Background(), network, address)
 	if err != nil {
-		return nil, explainAddrInUse(network, address, o.bindInfo(network, address, false), err)
+		return nil, explainAddrInUse(network, address, o.bindInfo(network, false), err)
 	}
 	return pc, nil
 }
@@ -115,15 +117,15 @@ func listenConfig(ctx context.Context, network string, packet bool, opts []Optio
 }
 
 // bindInfo describes, for the diagnosis of a failed bind, what the socket
-// asked for: SO_REUSEADDR is on for TCP unless turned off (Go sets it on
-// listeners, Dial sets it on clients), and off for UDP unless asked.
-func (o *options) bindInfo(network, address string, dial bool) bindInfo {
+// asked for; explainAddrInUse fills in the address from the error.
+func (o *options) bindInfo(network string, dial bool) bindInfo {
 	k, _ := kindOf(network, dial)
-	reuseAddr := o.reuseAddr == on
-	if k == kindTCPListen || k == kindTCPDial {
-		reuseAddr = o.reuseAddr != off
+	return bindInfo{
+		kind:      k,
+		v6only:    network == "tcp6" || network == "udp6", // Go sets IPV6_V6ONLY for these
+		reuseAddr: reuseAddrOnUnix(k, o),
+		reusePort: o.reusePort == on,
 	}
-	return bindInfo{kind: k, addr: bindAddr(network, address), reuseAddr: reuseAddr, reusePort: o.reusePort == on}
 }
 
 // ListenConfig returns a net.ListenConfig whose Control applies opts, for
@@ -231,7 +233,7 @@ func apply(c syscall.RawConn, steps []step) error {
 // and WithRSTOnClose makes Close of this connection send RST. On Windows
 // SO_REUSEADDR is never set for TCP (see WithReuseAddr).
 //
-// Errors are *net.OpError, as for Listen.
+// Errors are as for Listen.
 func Dial(network, laddr, raddr string, opts ...Option) (net.Conn, error) {
 	return DialContext(context.Background(), network, laddr, raddr, opts...)
 }
@@ -244,7 +246,7 @@ func DialContext(ctx context.Context, network, laddr, raddr string, opts ...Opti
 	}
 	c, err := d.DialContext(ctx, network, raddr)
 	if err != nil && laddr != "" {
-		return nil, explainAddrInUse(network, laddr, o.bindInfo(network, laddr, true), err)
+		return nil, explainAddrInUse(network, laddr, o.bindInfo(network, true), err)
 	}
 	return c, err
 }

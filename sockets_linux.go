@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -338,7 +340,19 @@ func socketsProc(port uint16) ([]Socket, error) {
 			return nil, fmt.Errorf("%s: %w", t.path, err)
 		}
 	}
-	return out, nil
+	// The kernel prints the table in pages while sockets come and go, and a
+	// socket that moved in between can be listed twice (seen: one FIN_WAIT2
+	// in two reads of a page). Two identical entries are one socket: even
+	// two SO_REUSEPORT listeners differ in their inodes.
+	seen := make(map[Socket]bool, len(out))
+	uniq := out[:0]
+	for _, s := range out {
+		if !seen[s] {
+			seen[s] = true
+			uniq = append(uniq, s)
+		}
+	}
+	return uniq, nil
 }
 
 // parseProcNetTCP appends the sockets on local port port listed in r, in the
@@ -485,103 +499,234 @@ func parseUint(b []byte, base, bits int) (uint64, error) {
 
 // resolveOwners fills in PID and Command of the sockets with an inode. Linux
 // tells which process holds a socket only through the links
-// "socket:[inode]" under /proc/PID/fd, so this reads one link per open file
-// of each process until every inode is found, skipping processes it may not
-// inspect or that exit meanwhile. The calling process comes first and is
-// looked at with fstat on its own descriptors, 4 times cheaper than a link
-// read through /proc.
+// "socket:[inode]" under /proc/PID/fd, so this looks at one open file after
+// another of each process until every inode is found, skipping processes it
+// may not inspect or that exit meanwhile. The calling process comes first and
+// is looked at with fstat on its own descriptors, 4 times cheaper than a link
+// read through /proc; the others follow in the order /proc lists them, by
+// PID.
 func resolveOwners(socks []Socket) {
-	var want map[uint64]int // inode -> index in socks
+	o := ownerScan{socks: socks}
 	for i, s := range socks {
 		if s.Inode == 0 {
 			continue
 		}
-		if want == nil {
-			want = make(map[uint64]int, len(socks))
+		if o.want == nil {
+			o.want = make(map[uint64]int, len(socks))
 		}
-		want[s.Inode] = i
+		o.want[s.Inode] = i
 	}
-	if len(want) == 0 {
+	if len(o.want) == 0 {
 		return
 	}
+	o.dents = make([]byte, dentsBufSize)
 	self := os.Getpid()
-	link := make([]byte, len("socket:[18446744073709551615]"))
-	// /proc/self, unlike /proc/<Getpid()>, is right even when /proc is
-	// another PID namespace's.
-	if ownersIn("self", self, true, want, socks, link); len(want) == 0 {
+	if o.scanSelf(self); len(o.want) == 0 {
 		return
 	}
-	proc, err := os.Open("/proc")
+	proc, err := unix.Open("/proc", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return
 	}
-	names, _ := proc.Readdirnames(-1)
-	proc.Close()
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid <= 0 || pid == self {
-			continue // not a process, or done already
-		}
-		if ownersIn(name, pid, false, want, socks, link); len(want) == 0 {
+	defer unix.Close(proc)
+	buf := make([]byte, dentsBufSize) // o.dents holds each process's listing
+	for {
+		n, err := unix.Getdents(proc, buf)
+		if err != nil || n <= 0 {
 			return
+		}
+		for b := buf[:n]; ; {
+			name, rest, ok := nextDirent(b)
+			if !ok {
+				break
+			}
+			b = rest
+			pid, err := parseUint(name, 10, 31)
+			if err != nil || pid == 0 || int(pid) == self {
+				continue // not a process, or done already
+			}
+			if o.scanOther(proc, string(name), int(pid)); len(o.want) == 0 {
+				return
+			}
 		}
 	}
 }
 
-// ownersIn looks through the open files of process pid, named name under
-// /proc, for the inodes in want, fills in the sockets it finds and removes
-// them from want. self says pid is the calling process.
-func ownersIn(name string, pid int, self bool, want map[uint64]int, socks []Socket, link []byte) {
-	dir, err := os.Open("/proc/" + name + "/fd")
+// dentsBufSize is the size of a buffer for getdents64: about 150 entries of
+// /proc or of a /proc/PID/fd directory.
+const dentsBufSize = 4 << 10
+
+// ownerScan is the state of one resolveOwners call, with buffers reused from
+// one descriptor and one process to the next.
+type ownerScan struct {
+	want  map[uint64]int // inode -> index in socks, of the sockets not found yet
+	socks []Socket
+	comm  string // the command of the process being scanned, once needed
+	dents []byte // getdents64 output for a /proc/PID/fd directory
+	// link holds a link's target; a longer one, never a socket's, is cut.
+	link [len("socket:[18446744073709551615]")]byte
+	name [len("2147483647") + 1]byte // a descriptor's name, NUL-terminated
+}
+
+// scanSelf looks through the calling process's own descriptors, whose PID is
+// pid. /proc/self, unlike /proc/<Getpid()>, is right even when /proc is
+// another PID namespace's.
+func (o *ownerScan) scanSelf(pid int) {
+	dir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(dir)
+	o.comm = ""
+	var st unix.Stat_t
+	o.eachFD(dir, func(fd int, _ []byte) bool {
+		// A descriptor closed and reused since the count or the listing
+		// is still this process's: whatever fstat finds is ours.
+		if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			return false
+		}
+		return o.found(uint64(st.Ino), pid, "self")
+	})
+}
+
+// scanOther looks through the open files of process pid, named name in the
+// /proc directory proc, by reading the links in its fd directory.
+func (o *ownerScan) scanOther(proc int, name string, pid int) {
+	dir, err := unix.Openat(proc, name+"/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return // another user's process, or gone
 	}
-	defer dir.Close()
-	fds, err := dir.Readdirnames(-1)
-	if err != nil || len(fds) == 0 {
-		return
+	defer unix.Close(dir)
+	o.comm = ""
+	o.eachFD(dir, func(fd int, fdName []byte) bool {
+		if fdName == nil {
+			fdName = append(strconv.AppendUint(o.name[:0], uint64(fd), 10), 0)
+		}
+		n, err := readlinkat(dir, &fdName[0], o.link[:])
+		if err != nil {
+			return false // closed meanwhile, or never open
+		}
+		ino, ok := socketInode(o.link[:n])
+		return ok && o.found(ino, pid, name)
+	})
+}
+
+// found records that process pid, named name under /proc, holds the socket
+// with inode ino if that is one of the sockets wanted, and reports whether
+// none is left to find.
+func (o *ownerScan) found(ino uint64, pid int, name string) (done bool) {
+	i, ok := o.want[ino]
+	if !ok {
+		return false
 	}
-	rc, err := dir.SyscallConn()
-	if err != nil {
-		return
+	delete(o.want, ino)
+	if o.comm == "" {
+		o.comm = readComm(name)
 	}
-	var comm string
+	o.socks[i].PID, o.socks[i].Command = pid, o.comm
+	return len(o.want) == 0
+}
+
+// eachFD calls fn with each descriptor open in dir, an open /proc/PID/fd
+// directory, until fn returns true. It may also call fn with numbers that
+// are not open. fn gets the descriptor's name, NUL-terminated, when it comes
+// from the directory's listing, and nil otherwise.
+//
+// Listing the directory costs about as much per entry as an fstat, so this
+// lists only its tail. Since Linux 6.2 the directory's size is the number n
+// of open descriptors, and descriptors are numbered from the lowest free
+// one: the numbers below n are tried without a listing, and the listing
+// starts at n (its offsets are descriptor numbers plus 2, after "." and
+// ".."), where it has as many entries as there are unused numbers below n.
+// A descriptor open throughout is seen either way; one opened or closed
+// meanwhile may or may not be, as with a whole listing.
+func (o *ownerScan) eachFD(dir int, fn func(fd int, name []byte) bool) {
+	n := 0
 	var st unix.Stat_t
-	rc.Control(func(dirfd uintptr) {
-		for _, fd := range fds {
-			var ino uint64
-			if self {
-				// A descriptor closed and reused since the listing is
-				// still this process's: whatever fstat finds is ours.
-				n, err := strconv.Atoi(fd)
-				if err != nil || unix.Fstat(n, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-					continue
-				}
-				ino = uint64(st.Ino)
-			} else {
-				n, err := unix.Readlinkat(int(dirfd), fd, link)
-				if err != nil {
-					continue // closed meanwhile
-				}
-				var ok bool
-				if ino, ok = socketInode(link[:n]); !ok {
-					continue
-				}
-			}
-			i, ok := want[ino]
+	if fdDirSizeIsCount() && unix.Fstat(dir, &st) == nil && st.Size > 0 && st.Size <= math.MaxInt32 {
+		if _, err := unix.Seek(dir, st.Size+2, io.SeekStart); err == nil {
+			n = int(st.Size)
+		}
+	}
+	for fd := range n {
+		if fn(fd, nil) {
+			return
+		}
+	}
+	for {
+		m, err := unix.Getdents(dir, o.dents)
+		if err != nil || m <= 0 {
+			return
+		}
+		for b := o.dents[:m]; ; {
+			name, rest, ok := nextDirent(b)
 			if !ok {
-				continue
+				break
 			}
-			delete(want, ino)
-			if comm == "" {
-				comm = readComm(name)
+			b = rest
+			fd, err := parseUint(name, 10, 31)
+			if err != nil || int(fd) < n {
+				continue // "." or "..", or tried already
 			}
-			socks[i].PID, socks[i].Command = pid, comm
-			if len(want) == 0 {
+			if fn(int(fd), name[:len(name)+1]) {
 				return
 			}
 		}
-	})
+	}
+}
+
+// fdDirSizeIsCount reports whether the kernel is Linux 6.2 or later, where
+// stat of /proc/PID/fd gives the number of open descriptors as the size.
+// Earlier kernels give 0; gVisor, which says it is Linux 4.4, is not asked.
+var fdDirSizeIsCount = sync.OnceValue(func() bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	// "6.18.0-foo": the leading numbers of the first two fields.
+	num := func(s string) int {
+		v := 0
+		for i := 0; i < len(s) && '0' <= s[i] && s[i] <= '9' && v < 1e6; i++ {
+			v = 10*v + int(s[i]-'0')
+		}
+		return v
+	}
+	major, rest, _ := strings.Cut(unix.ByteSliceToString(u.Release[:]), ".")
+	return num(major) > 6 || num(major) == 6 && num(rest) >= 2
+})
+
+// nextDirent returns the name of the first entry of b, a getdents64 result
+// (struct linux_dirent64), and the entries after it. The name is followed in
+// b by its terminating NUL.
+func nextDirent(b []byte) (name, rest []byte, ok bool) {
+	const (
+		reclenOff = unsafe.Offsetof(unix.Dirent{}.Reclen)
+		nameOff   = unsafe.Offsetof(unix.Dirent{}.Name)
+	)
+	if len(b) <= int(nameOff) {
+		return nil, nil, false
+	}
+	reclen := int(binary.NativeEndian.Uint16(b[reclenOff:]))
+	if reclen <= int(nameOff) || reclen > len(b) {
+		return nil, nil, false
+	}
+	name = b[nameOff:reclen]
+	end := bytes.IndexByte(name, 0)
+	if end < 0 {
+		return nil, nil, false
+	}
+	return name[:end], b[reclen:], true
+}
+
+// readlinkat is unix.Readlinkat for a name that is NUL-terminated already,
+// which saves copying it.
+func readlinkat(dirfd int, name *byte, buf []byte) (int, error) {
+	n, _, errno := unix.Syscall6(unix.SYS_READLINKAT, uintptr(dirfd), uintptr(unsafe.Pointer(name)),
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 // socketInode parses the target of a /proc/PID/fd link to a socket,
@@ -603,3 +748,6 @@ func readComm(name string) string {
 	}
 	return strings.TrimSuffix(string(b), "\n")
 }
+
+// haveCensus: AddrInUseError is made only where Sockets can read the table.
+const haveCensus = true

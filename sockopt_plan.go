@@ -118,6 +118,16 @@ func traitsOf(goos string) osTraits {
 	return osTraits{}
 }
 
+// reuseAddrOnUnix reports whether a socket of kind k made with o ends up
+// with SO_REUSEADDR on a Unix system: for TCP unless turned off (Go sets it
+// on listeners, Dial on clients), for UDP only when asked.
+func reuseAddrOnUnix(k kind, o *options) bool {
+	if k == kindTCPListen || k == kindTCPDial {
+		return o.reuseAddr != off
+	}
+	return o.reuseAddr == on
+}
+
 // via tells whether the plan is for Listen, which can wrap the listener it
 // returns, or for Control and ListenConfig, which cannot.
 type via uint8
@@ -189,11 +199,11 @@ func plan(goos string, k kind, o *options, v via) (steps []step, wrapRST bool, e
 		// On every Unix, Go's net package sets SO_REUSEADDR=1 on stream
 		// listeners before Control runs (net/sockopt_{linux,bsd,solaris,aix}.go):
 		// only clearing it costs a system call.
-		if o.reuseAddr == off {
+		if !reuseAddrOnUnix(k, o) {
 			steps = append(steps, step{soReuseAddr, false})
 		}
 	case k == kindTCPDial:
-		if o.reuseAddr != off {
+		if reuseAddrOnUnix(k, o) {
 			steps = append(steps, step{soReuseAddr, true})
 		}
 	}

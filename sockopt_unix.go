@@ -5,7 +5,6 @@ package reuse
 import (
 	"errors"
 	"os"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,8 +38,4 @@ func setsockopt(fd uintptr, s step) error {
 		return os.NewSyscallError("setsockopt "+s.opt.String(), err)
 	}
 	return nil
-}
-
-func isAddrInUse(err error) bool {
-	return errors.Is(err, syscall.EADDRINUSE)
 }
