@@ -22,6 +22,7 @@ const (
 	soLinger // on means {l_onoff: 1, l_linger: 0}: Close sends RST
 )
 
+// String returns the option's C name, as errors print it.
 func (s sockopt) String() string {
 	switch s {
 	case soReuseAddr:
@@ -45,6 +46,7 @@ type step struct {
 	on  bool
 }
 
+// String returns the step as "SO_REUSEADDR=0" or "SO_LINGER={1,0}".
 func (s step) String() string {
 	if s.opt == soLinger {
 		if s.on {
