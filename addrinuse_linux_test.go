@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -56,9 +55,7 @@ func TestHelperListener(t *testing.T) {
 func TestAddrInUse_ChildProcessHoldsPort(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperListener$")
-	// A race-built child sleeps a second at exit unless told not to.
-	cmd.Env = append(os.Environ(), "REUSE_HELPER_LISTEN=127.0.0.1:0", "GORACE=atexit_sleep_ms=0")
+	cmd := helperCmd(ctx, os.Args[0], "TestHelperListener", "REUSE_HELPER_LISTEN=127.0.0.1:0")
 	stdin, err := cmd.StdinPipe()
 	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()

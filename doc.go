@@ -140,9 +140,11 @@
 //
 // Every error wraps a *net.OpError (errors.As finds it), as the stdlib's do;
 // on Linux an address in use comes as an *AddrInUseError around it. A wrong
-// network or option is reported before a socket exists. An option the OS cannot honour gives an error for which
-// errors.Is(err, errors.ErrUnsupported) holds: this package never quietly does
-// something less safe. A failed setsockopt names the option
-// ("setsockopt SO_REUSEPORT: ...") and keeps the errno for errors.Is, and Go
-// closes the socket. IsAddrInUse tells "address already in use" on every OS.
+// network or option is reported before a socket exists. An option the OS
+// cannot honour gives an error for which errors.Is(err, errors.ErrUnsupported)
+// holds: this package never quietly does something less safe. A failed
+// setsockopt names the option ("setsockopt SO_REUSEPORT: ...") and keeps the
+// errno for errors.Is, and Go closes the socket. IsAddrInUse tells "address
+// already in use" on every OS (tested on Linux; on Windows it checks
+// WSAEADDRINUSE, on Plan 9 the error text).
 package reuse

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -130,8 +129,8 @@ func TestHelperOutOfFDs(t *testing.T) {
 func TestListen_OutOfFileDescriptors(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperOutOfFDs$", "-test.v")
-	cmd.Env = append(os.Environ(), outOfFDsEnv+"="+t.TempDir())
+	cmd := helperCmd(ctx, os.Args[0], "TestHelperOutOfFDs", outOfFDsEnv+"="+t.TempDir())
+	cmd.Args = append(cmd.Args, "-test.v")
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "child:\n%s", out)
 	require.Contains(t, string(out), "EMFILE done", "the child ran:\n%s", out)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -213,4 +214,14 @@ func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
 
 func hostPort(host string, port int) string {
 	return netip.AddrPortFrom(netip.MustParseAddr(host), uint16(port)).String()
+}
+
+// helperCmd returns a command that runs only the helper test name of the
+// test binary bin, with env added to this process's environment. The child
+// is told not to sleep at exit, as a race-built binary otherwise does for a
+// second.
+func helperCmd(ctx context.Context, bin, name string, env ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, bin, "-test.run=^"+name+"$")
+	cmd.Env = append(os.Environ(), append(env, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")...)
+	return cmd
 }

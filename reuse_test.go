@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -499,4 +500,35 @@ func TestSetsockoptError(t *testing.T) {
 	assert.ErrorAs(t, err, &se)
 	err = setsockopt(^uintptr(0), step{soReusePortLB, true})
 	assert.ErrorIs(t, err, errors.ErrUnsupported, "no SO_REUSEPORT_LB on Linux")
+}
+
+// TestReusePort_ClosingOneListenerResetsItsQueue: connections waiting in
+// the accept queue of a SO_REUSEPORT listener that closes are reset, unless
+// net.ipv4.tcp_migrate_req moves them to another listener of the group.
+func TestReusePort_ClosingOneListenerResetsItsQueue(t *testing.T) {
+	migrate, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+	if err != nil {
+		t.Skipf("no tcp_migrate_req (Linux 5.14+): %v", err)
+	}
+	a, err := listenTCP(t, "tcp4", "127.0.0.1:0", false, WithReusePort(true))
+	require.NoError(t, err)
+	_, err = listenTCP(t, "tcp4", a.Addr().String(), false, WithReusePort(true))
+	require.NoError(t, err)
+	const n = 64 // all in one queue: probability 2^-63
+	for range n {
+		c, err := net.DialTimeout("tcp4", a.Addr().String(), 2*time.Second)
+		require.NoError(t, err)
+		defer c.Close()
+	}
+	p := port(a.Addr())
+	waitStates(t, p, nil, map[State]int{StateEstablished: n}) // all queued, none accepted
+	require.NoError(t, a.Close())
+	queued := states(t, p, nil)[StateEstablished]
+	if strings.TrimSpace(string(migrate)) == "0" {
+		assert.Less(t, queued, n, "the closed listener's queue was reset")
+		assert.Positive(t, queued, "the other listener's queue is intact")
+	} else {
+		assert.Equal(t, n, queued, "tcp_migrate_req moved the queue")
+	}
+	t.Logf("tcp_migrate_req=%s: %d of %d still queued", strings.TrimSpace(string(migrate)), queued, n)
 }

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -96,12 +95,11 @@ func nobodyBinary(t *testing.T) string {
 func join(t *testing.T, bin string, uid int, verb, network, address, option string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	cmd := exec.CommandContext(ctx, bin, "-test.run=^TestHelperJoin$")
+	cmd := helperCmd(ctx, bin, "TestHelperJoin", joinEnv+"="+strings.Join([]string{verb, network, address, option}, " "))
 	if uid >= 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
 		cmd.Dir = filepath.Dir(bin)
 	}
-	cmd.Env = append(os.Environ(), joinEnv+"="+strings.Join([]string{verb, network, address, option}, " "))
 	stdin, err := cmd.StdinPipe()
 	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()

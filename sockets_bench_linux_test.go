@@ -2,6 +2,7 @@ package reuse
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -293,10 +294,7 @@ func TestHelperSocketHolder(t *testing.T) {
 // exited 10 s later. The caller may close files once this returns.
 func startSocketHolder(tb testing.TB, pairs int, files ...*os.File) (pid int, port uint16) {
 	tb.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperSocketHolder$")
-	cmd.Env = append(os.Environ(), holderPairsEnv+"="+strconv.Itoa(pairs),
-		// A race-enabled child would sleep 1 s on exit.
-		"GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	cmd := helperCmd(context.Background(), os.Args[0], "TestHelperSocketHolder", holderPairsEnv+"="+strconv.Itoa(pairs))
 	cmd.Stderr = os.Stderr
 	cmd.ExtraFiles = files
 	stdin, err := cmd.StdinPipe()
