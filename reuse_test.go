@@ -224,17 +224,9 @@ func TestSecondLiveListener(t *testing.T) {
 func TestReusePort_Balances(t *testing.T) {
 	for proto, mptcp := range protocols() {
 		t.Run(proto, func(t *testing.T) {
-			a, err := listenTCP(t, "tcp4", "127.0.0.1:0", mptcp, WithReusePort(true))
-			require.NoError(t, err)
-			b, err := listenTCP(t, "tcp4", a.Addr().String(), mptcp, WithReusePort(true))
-			require.NoError(t, err)
-
+			a, b := reusePortGroup(t, mptcp)
 			const n = 64 // all on one side: probability 2^-63
-			for range n {
-				c, err := net.DialTimeout("tcp4", a.Addr().String(), 2*time.Second)
-				require.NoError(t, err)
-				defer c.Close()
-			}
+			dialN(t, a.Addr().String(), n)
 			got := map[*net.TCPListener]int{}
 			for deadline := time.Now().Add(5 * time.Second); got[a]+got[b] < n && time.Now().Before(deadline); {
 				for _, ln := range []*net.TCPListener{a, b} {
@@ -510,16 +502,9 @@ func TestReusePort_ClosingOneListenerResetsItsQueue(t *testing.T) {
 	if err != nil {
 		t.Skipf("no tcp_migrate_req (Linux 5.14+): %v", err)
 	}
-	a, err := listenTCP(t, "tcp4", "127.0.0.1:0", false, WithReusePort(true))
-	require.NoError(t, err)
-	_, err = listenTCP(t, "tcp4", a.Addr().String(), false, WithReusePort(true))
-	require.NoError(t, err)
+	a, _ := reusePortGroup(t, false)
 	const n = 64 // all in one queue: probability 2^-63
-	for range n {
-		c, err := net.DialTimeout("tcp4", a.Addr().String(), 2*time.Second)
-		require.NoError(t, err)
-		defer c.Close()
-	}
+	dialN(t, a.Addr().String(), n)
 	p := port(a.Addr())
 	waitStates(t, p, nil, map[State]int{StateEstablished: n}) // all queued, none accepted
 	require.NoError(t, a.Close())
@@ -531,4 +516,24 @@ func TestReusePort_ClosingOneListenerResetsItsQueue(t *testing.T) {
 		assert.Equal(t, n, queued, "tcp_migrate_req moved the queue")
 	}
 	t.Logf("tcp_migrate_req=%s: %d of %d still queued", strings.TrimSpace(string(migrate)), queued, n)
+}
+
+// reusePortGroup makes two SO_REUSEPORT listeners on one loopback port.
+func reusePortGroup(t *testing.T, mptcp bool) (a, b *net.TCPListener) {
+	t.Helper()
+	a, err := listenTCP(t, "tcp4", "127.0.0.1:0", mptcp, WithReusePort(true))
+	require.NoError(t, err)
+	b, err = listenTCP(t, "tcp4", a.Addr().String(), mptcp, WithReusePort(true))
+	require.NoError(t, err)
+	return a, b
+}
+
+// dialN opens n connections to addr, closed when the test ends.
+func dialN(t *testing.T, addr string, n int) {
+	t.Helper()
+	for range n {
+		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+	}
 }
