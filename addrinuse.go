@@ -33,7 +33,43 @@ type AddrInUseError struct {
 	// Err is the original error; Unwrap returns it.
 	Err error
 
-	why string // the diagnosis, made when the error was
+	why    string // the diagnosis, made when the error was
+	reason Reason
+}
+
+// Reason is what held the address of a failed bind, as far as the kernel's
+// tables showed it.
+type Reason uint8
+
+const (
+	// ReasonUnknown: the table was not read, could not be read, or this OS
+	// has none that this package reads.
+	ReasonUnknown Reason = iota
+	// ReasonListener: a listening socket holds the address (for a unix
+	// socket path: a server answers at it).
+	ReasonListener
+	// ReasonTimeWait: only TIME_WAIT entries hold the port.
+	ReasonTimeWait
+	// ReasonConnections: open or closing connections hold the port
+	// (ESTABLISHED, FIN_WAIT2, CLOSE_WAIT, ...), TIME_WAIT entries perhaps
+	// among them.
+	ReasonConnections
+	// ReasonBound: a socket is bound to the address without listening.
+	ReasonBound
+	// ReasonGone: nothing held the address any more when the table was read.
+	ReasonGone
+	// ReasonNotSocket: a unix socket path is taken by a file that is not a
+	// socket.
+	ReasonNotSocket
+	// ReasonStale: a unix socket path is taken by a socket file that nobody
+	// listens on, which Listen did not replace (the error says why).
+	ReasonStale
+)
+
+// unixInUse is the error of a unix socket Listen that found path taken; r
+// and why say by what, and what Listen did about it.
+func unixInUse(network, path string, err error, r Reason, why string) error {
+	return &AddrInUseError{Network: network, Address: path, Err: err, reason: r, why: why}
 }
 
 // Error returns the stdlib's message followed by the diagnosis.

@@ -50,7 +50,7 @@ func listenUnix(ctx context.Context, lc *net.ListenConfig, network, path string)
 			return ln, err
 		}
 		inUse := func(format string, args ...any) error {
-			return &AddrInUseError{Network: network, Address: path, Err: err, why: fmt.Sprintf(format, args...)}
+			return unixInUse(network, path, err, ReasonUnknown, fmt.Sprintf(format, args...))
 		}
 		if lockErr != nil {
 			return nil, inUse("%s was not checked for a stale socket: %v", path, lockErr)
