@@ -11,7 +11,7 @@ import (
 // Allocation counts are pinned against the stdlib in the same run, so that
 // a change that makes Listen or Accept allocate more fails here.
 
-func TestAllocs_ListenWithDefaultsMatchesNetListen(t *testing.T) {
+func TestAllocs_ListenWithDefaultsCostsOneMoreThanNetListen(t *testing.T) {
 	listen := func(fn func() (net.Listener, error)) func() {
 		return func() {
 			ln, err := fn()
@@ -21,7 +21,8 @@ func TestAllocs_ListenWithDefaultsMatchesNetListen(t *testing.T) {
 	}
 	std := testing.AllocsPerRun(100, listen(func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }))
 	ours := testing.AllocsPerRun(100, listen(func() (net.Listener, error) { return Listen("tcp", "127.0.0.1:0") }))
-	assert.Equal(t, std, ours, "allocations per Listen: net %.0f, reuse %.0f", std, ours)
+	// One more: the weak pointer by which Upgrade finds the listener.
+	assert.Equal(t, std+1, ours, "allocations per Listen: net %.0f, reuse %.0f", std, ours)
 }
 
 // TestAllocs_AcceptWithRSTOnCloseMatchesStdlib: RST-on-close is inherited

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"syscall"
 )
@@ -46,22 +47,29 @@ func Listen(network, address string, opts ...Option) (net.Listener, error) {
 // resolution; cancelling it after ListenContext returns does not affect the
 // listener. A nil ctx is an error.
 func ListenContext(ctx context.Context, network, address string, opts ...Option) (net.Listener, error) {
-	lc, o, wrapRST, err := listenConfig(ctx, network, false, opts)
+	lc, o, steps, wrapRST, err := listenConfig(ctx, network, false, opts)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	var ln net.Listener
-	if network == "unix" || network == "unixpacket" {
-		ln, err = listenUnix(ctx, &lc, network, address)
-	} else {
-		ln, err = lc.Listen(ctx, network, address)
-	}
+	ln, unlink, err := takeListener(ctx, network, address, steps, &o)
 	if err != nil {
-		return nil, explainAddrInUse(network, address, o.bindInfo(network, false), err)
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	if ln == nil {
+		unlink = true // as net.Listen's unix listeners do
+		if network == "unix" || network == "unixpacket" {
+			ln, err = listenUnix(ctx, &lc, network, address)
+		} else {
+			ln, err = lc.Listen(ctx, network, address)
+		}
+		if err != nil {
+			return nil, explainAddrInUse(network, address, o.bindInfo(network, false), err)
+		}
 	}
 	if wrapRST {
-		return &rstListener{ln.(*net.TCPListener)}, nil
+		ln = &rstListener{ln.(*net.TCPListener)}
 	}
+	track(ln, unlink)
 	return ln, nil
 }
 
@@ -79,41 +87,54 @@ func ListenContext(ctx context.Context, network, address string, opts ...Option)
 //
 // Errors are as for Listen.
 func ListenPacket(network, address string, opts ...Option) (net.PacketConn, error) {
-	lc, o, _, err := listenConfig(context.Background(), network, true, opts)
+	return ListenPacketContext(context.Background(), network, address, opts...)
+}
+
+// ListenPacketContext is ListenPacket with a context, which bounds the
+// address resolution; cancelling it after ListenPacketContext returns does
+// not affect the conn. A nil ctx is an error.
+func ListenPacketContext(ctx context.Context, network, address string, opts ...Option) (net.PacketConn, error) {
+	lc, o, steps, _, err := listenConfig(ctx, network, true, opts)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	pc, err := lc.ListenPacket(context.Background(), network, address)
+	pc, err := takePacketConn(ctx, network, address, steps, &o)
 	if err != nil {
-		return nil, explainAddrInUse(network, address, o.bindInfo(network, false), err)
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
+	if pc == nil {
+		if pc, err = lc.ListenPacket(ctx, network, address); err != nil {
+			return nil, explainAddrInUse(network, address, o.bindInfo(network, false), err)
+		}
+	}
+	track(pc, false)
 	return pc, nil
 }
 
 // listenConfig checks the network against the verb (packet or stream) and
 // the options against the network, all before a socket exists.
-func listenConfig(ctx context.Context, network string, packet bool, opts []Option) (lc net.ListenConfig, o options, wrapRST bool, err error) {
+func listenConfig(ctx context.Context, network string, packet bool, opts []Option) (lc net.ListenConfig, o options, steps []step, wrapRST bool, err error) {
 	if ctx == nil {
-		return lc, o, false, errors.New("reuse: nil Context")
+		return lc, o, nil, false, errors.New("reuse: nil Context")
 	}
 	k, ok := kindOf(network, false)
 	if !ok {
-		return lc, o, false, net.UnknownNetworkError(network)
+		return lc, o, nil, false, net.UnknownNetworkError(network)
 	}
 	isPacket := k == kindUDP || (k == kindLocal && network != "unix" && network != "unixpacket")
 	switch {
 	case packet && !isPacket:
-		return lc, o, false, fmt.Errorf("reuse: network %q is not a packet network: use Listen", network)
+		return lc, o, nil, false, fmt.Errorf("reuse: network %q is not a packet network: use Listen", network)
 	case !packet && isPacket:
-		return lc, o, false, fmt.Errorf("reuse: network %q is not a stream network: use ListenPacket", network)
+		return lc, o, nil, false, fmt.Errorf("reuse: network %q is not a stream network: use ListenPacket", network)
 	}
 	o = build(opts)
-	steps, wrapRST, err := plan(runtime.GOOS, k, &o, viaListen)
+	steps, wrapRST, err = plan(runtime.GOOS, k, &o, viaListen)
 	if err != nil {
-		return lc, o, false, err
+		return lc, o, nil, false, err
 	}
 	lc.Control = control(steps, o.controls)
-	return lc, o, wrapRST, nil
+	return lc, o, steps, wrapRST, nil
 }
 
 // bindInfo describes, for the diagnosis of a failed bind, what the socket
@@ -260,6 +281,9 @@ func dialer(ctx context.Context, network, laddr string, opts []Option) (*net.Dia
 		return nil, nil, fmt.Errorf("reuse: Dial takes tcp, tcp4, tcp6, udp, udp4 or udp6: %w", net.UnknownNetworkError(network))
 	}
 	o := build(opts)
+	if laddr == "" && o.reuseAddr == unset {
+		o.reuseAddr = off // the system picks a fresh port: nothing to reuse
+	}
 	steps, _, err := plan(runtime.GOOS, k, &o, viaControl)
 	if err != nil {
 		return nil, nil, err
@@ -268,20 +292,56 @@ func dialer(ctx context.Context, network, laddr string, opts []Option) (*net.Dia
 	if laddr == "" {
 		return d, &o, nil
 	}
+	ip, port, err := resolveLocal(ctx, network, laddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reuse: local address %q: %w", laddr, err)
+	}
 	if k == kindUDP {
-		a, err := net.ResolveUDPAddr(network, laddr)
-		if err != nil {
-			return nil, nil, fmt.Errorf("reuse: local address: %w", err)
-		}
-		d.LocalAddr = a
+		d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, port))
 	} else {
-		a, err := net.ResolveTCPAddr(network, laddr)
-		if err != nil {
-			return nil, nil, fmt.Errorf("reuse: local address: %w", err)
-		}
-		d.LocalAddr = a
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, port))
 	}
 	return d, &o, nil
+}
+
+// resolveLocal resolves a local address as net.ResolveTCPAddr does, but
+// with ctx bounding the lookups: for a host name, the first IPv4 address
+// unless network says "6", else the first one.
+func resolveLocal(ctx context.Context, network, laddr string) (netip.Addr, uint16, error) {
+	host, service, err := net.SplitHostPort(laddr)
+	if err != nil {
+		return netip.Addr{}, 0, err
+	}
+	port, err := net.DefaultResolver.LookupPort(ctx, network, service)
+	if err != nil {
+		return netip.Addr{}, 0, err
+	}
+	if host == "" {
+		return netip.Addr{}, uint16(port), nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if v := network[len(network)-1]; v == '4' && !ip.Unmap().Is4() || v == '6' && ip.Is4() {
+			return netip.Addr{}, 0, &net.AddrError{Err: "no suitable address", Addr: host}
+		}
+		return ip, uint16(port), nil
+	}
+	ipnet := "ip"
+	switch network[len(network)-1] {
+	case '4':
+		ipnet = "ip4"
+	case '6':
+		ipnet = "ip6"
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, ipnet, host)
+	if err != nil {
+		return netip.Addr{}, 0, err
+	}
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			return ip.Unmap(), uint16(port), nil
+		}
+	}
+	return ips[0], uint16(port), nil
 }
 
 // IsAddrInUse reports whether err, or any error it wraps, says that the

@@ -287,7 +287,7 @@ func TestReadBack(t *testing.T) {
 func TestListen_DefaultsAddNoControl(t *testing.T) {
 	assert.Nil(t, ListenConfig().Control)
 	for _, opts := range [][]Option{nil, {WithReuseAddr(true)}, {WithReusePort(false), WithExclusiveAddr(true)}} {
-		lc, _, wrap, err := listenConfig(context.Background(), "tcp", false, opts)
+		lc, _, _, wrap, err := listenConfig(context.Background(), "tcp", false, opts)
 		require.NoError(t, err)
 		assert.False(t, wrap)
 		assert.Nil(t, lc.Control)
@@ -412,6 +412,82 @@ func TestDial_RebindsPastOwnTimeWait(t *testing.T) {
 	require.NoError(t, err, "rebind %s past its TIME_WAIT", local)
 	assert.Equal(t, local, c2.LocalAddr().String())
 	c2.Close()
+}
+
+// TestDial_NoSocketOptionWithoutLocalAddress: a Dial that lets the system
+// pick its port has nothing to reuse, so it sets no SO_REUSEADDR.
+func TestDial_NoSocketOptionWithoutLocalAddress(t *testing.T) {
+	ln, err := Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	c, err := Dial("tcp4", "", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	assert.Equal(t, 0, getInt(t, c.(*net.TCPConn), unix.SOL_SOCKET, unix.SO_REUSEADDR))
+	c2, err := Dial("tcp4", "", ln.Addr().String(), WithReuseAddr(true))
+	require.NoError(t, err, "asked for, it is set")
+	defer c2.Close()
+	assert.Equal(t, 1, getInt(t, c2.(*net.TCPConn), unix.SOL_SOCKET, unix.SO_REUSEADDR))
+}
+
+// TestDialContext_BoundsLocalAddressLookup: the lookup of a local host name
+// ends with ctx. The resolver here never answers until its context ends.
+func TestDialContext_BoundsLocalAddressLookup(t *testing.T) {
+	unblock := make(chan struct{})
+	saved := net.DefaultResolver
+	net.DefaultResolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-unblock:
+			return nil, errors.New("test over")
+		}
+	}}
+	defer func() { close(unblock); net.DefaultResolver = saved }()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := DialContext(ctx, "tcp4", "never-answers.example:0", "127.0.0.1:9")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.ErrorContains(t, err, "never-answers.example")
+	case <-time.After(5 * time.Second):
+		close(unblock)
+		<-done
+		t.Fatal("DialContext did not end with its context")
+	}
+}
+
+// TestListenPacketContext: the context form of ListenPacket, and its nil and
+// cancelled contexts.
+func TestListenPacketContext(t *testing.T) {
+	pc, err := ListenPacketContext(context.Background(), "udp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	require.NoError(t, pc.Close())
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, addr := range []string{"127.0.0.1:0", "localhost:0"} {
+		std, stdErr := (&net.ListenConfig{}).ListenPacket(ctx, "udp4", addr)
+		if std != nil {
+			std.Close()
+		}
+		pc, err := ListenPacketContext(ctx, "udp4", addr)
+		if pc != nil {
+			pc.Close()
+		}
+		require.Equal(t, stdErr == nil, err == nil, "%s: stdlib %v, reuse %v", addr, stdErr, err)
+		if stdErr != nil {
+			assert.ErrorIs(t, err, context.Canceled, addr)
+		}
+	}
+	//lint:ignore SA1012 a nil Context is the case under test
+	_, err = ListenPacketContext(nil, "udp4", "127.0.0.1:0") //nolint:staticcheck
+	assert.ErrorContains(t, err, "nil Context")
 }
 
 // TestErrors checks every error path: the error is a *net.OpError that names
