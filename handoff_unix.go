@@ -516,11 +516,12 @@ func upgrade(ctx context.Context) error {
 // upgradeChild is a process that Upgrade started and has not yet handed over
 // to.
 type upgradeChild struct {
-	proc     *os.Process
-	pid      int
-	fromR    *os.File // "ready\n" from the child
-	toW      *os.File // "ok\n" to the child
-	readDone chan error
+	proc    *os.Process
+	pid     int
+	fromR   *os.File      // "ready\n" from the child
+	toW     *os.File      // "ok\n" to the child
+	read    chan struct{} // closed when the child's message, or EOF, is in
+	readErr error
 }
 
 func startChild(exe, dir string, hs []handover) (*upgradeChild, error) {
@@ -582,14 +583,14 @@ func startChild(exe, dir string, hs []handover) (*upgradeChild, error) {
 		toW.Close()
 		return nil, err
 	}
-	c := &upgradeChild{proc: proc, pid: pid, fromR: fromR, toW: toW, readDone: make(chan error, 1)}
+	c := &upgradeChild{proc: proc, pid: pid, fromR: fromR, toW: toW, read: make(chan struct{})}
 	go func() {
+		defer close(c.read)
 		var b [len("ready\n")]byte
-		_, err := io.ReadFull(fromR, b[:])
-		if err == nil && string(b[:]) != "ready\n" {
-			err = fmt.Errorf("unexpected message %q", b[:])
+		_, c.readErr = io.ReadFull(fromR, b[:])
+		if c.readErr == nil && string(b[:]) != "ready\n" {
+			c.readErr = fmt.Errorf("unexpected message %q", b[:])
 		}
-		c.readDone <- err
 	}()
 	return c, nil
 }
@@ -616,9 +617,9 @@ func stdio(fd int) (*os.File, error) {
 // or ctx ends, first, it kills the child, reaps it, and says which.
 func (c *upgradeChild) waitReady(ctx context.Context) error {
 	select {
-	case err := <-c.readDone:
-		if err == nil {
-			if _, err = c.toW.Write([]byte("ok\n")); err == nil {
+	case <-c.read:
+		if c.readErr == nil {
+			if _, err := c.toW.Write([]byte("ok\n")); err == nil {
 				return nil
 			}
 		}
@@ -635,7 +636,7 @@ func (c *upgradeChild) waitReady(ctx context.Context) error {
 // all), then kills it, and reaps it. It returns how the child ended.
 func (c *upgradeChild) kill(ctx context.Context) string {
 	c.fromR.Close()
-	<-c.readDone
+	<-c.read
 	done := make(chan *os.ProcessState, 1)
 	go func() {
 		st, _ := c.proc.Wait()
