@@ -47,6 +47,9 @@ type serverConfig struct {
 	Ctl string
 	// UpgradeTimeout bounds each Upgrade (default 30 s).
 	UpgradeTimeout time.Duration
+	// Linger is how long a generation goes on serving after its Upgrade
+	// succeeded, before it stops.
+	Linger time.Duration
 }
 
 // event is one line a helper process prints.
@@ -186,6 +189,7 @@ func TestHelperServer(t *testing.T) {
 		cancel()
 		emit(event{Event: "upgrade", FDs: openFDs(), Err: errString(err)})
 		if err == nil {
+			time.Sleep(cfg.Linger) // a drain, as long as the test asks
 			stop()
 		}
 	}
@@ -398,6 +402,21 @@ func TestUpgrade_NewProcessFailsBeforeReady(t *testing.T) {
 	next := f.upgrade(first) // and a good one still works
 	assert.Equal(t, first.Ino, next.Ino)
 	f.stop(next)
+}
+
+// TestUpgrade_NotWhileTheParentLives: a process started by Upgrade cannot
+// Upgrade while the process that started it is still there (draining), and
+// can once it has exited.
+func TestUpgrade_NotWhileTheParentLives(t *testing.T) {
+	f, first := startFamily(t, serverConfig{Network: "tcp4", Addr: "127.0.0.1:0", Linger: time.Second})
+	require.NoError(t, syscall.Kill(first.Pid, syscall.SIGHUP))
+	require.Empty(t, f.next(eventOf("upgrade", first.Pid)).Err)
+	second := f.next(func(e event) bool { return e.Event == "ready" && e.Ppid == first.Pid })
+	require.NoError(t, syscall.Kill(second.Pid, syscall.SIGHUP))
+	up := f.next(eventOf("upgrade", second.Pid))
+	assert.Contains(t, up.Err, fmt.Sprintf("this process was started by the Upgrade of pid %d, which has not exited yet", first.Pid))
+	f.next(func(e event) bool { return e.Event == "reaped" && e.Ppid == first.Pid })
+	f.stop(f.upgrade(second))
 }
 
 // TestUpgrade_UnixSocketPathSurvives: a unix listener is handed over; its
