@@ -19,6 +19,23 @@ import (
 // "tcp" and an address with no host or an unspecified one, the listener
 // accepts IPv4 and IPv6 where the system allows it, as net.Listen does.
 //
+// A socket this process inherited is returned instead of a new one when it
+// is what network and address ask for: one handed over by the Upgrade of the
+// process that started this one, or one of systemd's socket activation
+// (LISTEN_PID, LISTEN_FDS; sd_listen_fds(3)). They are matched by what the
+// kernel says the socket is, not by the address's spelling: ":8080" for
+// "tcp" is a dual-stack [::]:8080, a host name is looked up, a unix socket
+// is matched by its path. A request for port 0 takes the first inherited
+// socket, in the order they were handed over, that is of the same network
+// and host and that no Listen took yet, so that a server whose port was
+// picked by the system gets it again after an Upgrade. An inherited socket
+// that holds the port but differs (IPv4 only where IPv4 and IPv6 were asked
+// for, a wildcard where a specific address was) is an error that says how,
+// as is an option that cannot be set after bind (WithReusePort); the others
+// are set on it, and WithControl functions run on it. The package takes
+// these sockets, and removes their variables from the environment, when the
+// program starts; Ready closes those that no Listen took.
+//
 // For TCP on Linux, Android and the BSDs the result is the stdlib's
 // *net.TCPListener, whatever the options. With WithRSTOnClose on Windows,
 // Solaris, illumos and AIX it is a listener whose Accept and AcceptTCP set
