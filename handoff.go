@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 )
 
@@ -89,6 +90,7 @@ type inherited struct {
 	addr      netip.AddrPort // inet sockets, as getsockname gives it
 	v6only    bool           // inet6 sockets: IPV6_V6ONLY
 	path      string         // unix sockets: the bound path, "@name" when abstract
+	pathFile  os.FileInfo    // the socket file at path, when there is one
 	unlink    bool           // a unix listener that removes its path on Close
 }
 
@@ -107,14 +109,15 @@ func (s *inherited) String() string {
 // want is what a Listen or ListenPacket asks for, in the terms the inherited
 // sockets are matched in.
 type want struct {
-	network string
-	typ     sockType
-	family  family       // 0: either inet family, as for "tcp" and "udp"
-	any     bool         // the wildcard address: "" or an unspecified IP
-	addrs   []netip.Addr // the addresses host stands for, when not any
-	port    uint16       // 0: any port
-	path    string       // unix networks
-	noIPv6  bool         // the host has no IPv6, so "tcp" with the wildcard is IPv4
+	network  string
+	typ      sockType
+	family   family       // 0: either inet family, as for "tcp" and "udp"
+	any      bool         // the wildcard address: "" or an unspecified IP
+	addrs    []netip.Addr // the addresses host stands for, when not any
+	port     uint16       // 0: any port
+	path     string       // unix networks
+	pathFile os.FileInfo  // the file at path, when there is one
+	noIPv6   bool         // the host has no IPv6, so "tcp" with the wildcard is IPv4
 }
 
 // wantOf maps network to the socket type and family an inherited socket must
@@ -150,6 +153,9 @@ func wantOf(network string) (w want, ok bool) {
 func (w *want) resolve(ctx context.Context, address string) error {
 	if w.family == familyUnix {
 		w.path = address
+		if address != "" && address[0] != '@' {
+			w.pathFile, _ = os.Stat(address)
+		}
 		return nil
 	}
 	host, service, err := net.SplitHostPort(address)
@@ -198,7 +204,10 @@ func (w *want) match(s *inherited) (ok bool, diff string) {
 		return false, ""
 	}
 	if w.family == familyUnix || s.family == familyUnix {
-		return w.family == s.family && w.path != "" && w.path == s.path, ""
+		// The same path, or two names of the same socket file (relative
+		// and absolute, or through a symbolic link).
+		same := w.path == s.path || w.pathFile != nil && s.pathFile != nil && os.SameFile(w.pathFile, s.pathFile)
+		return w.family == s.family && w.path != "" && same, ""
 	}
 	if w.port != 0 && s.addr.Port() != w.port {
 		return false, ""

@@ -152,6 +152,9 @@ func addInherited(fd int, name, from string, unlink bool) {
 		s.v6only = err == nil && v != 0
 	case *unix.SockaddrUnix:
 		s.family, s.path = familyUnix, sa.Name
+		if s.path != "" && s.path[0] != '@' {
+			s.pathFile, _ = os.Stat(s.path)
+		}
 	default:
 		return // netlink and the like: not for Listen
 	}
