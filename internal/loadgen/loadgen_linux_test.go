@@ -359,6 +359,9 @@ func TestUnixSocket(t *testing.T) {
 	s := serveHTTP(t, "unix", path, ok, nil)
 	for _, mode := range []Mode{PerRequest, KeepAlive} {
 		l := start(t, Config{Network: "unix", Addr: path, Mode: mode, Clients: 2})
+		if mode == KeepAlive {
+			waitFor(t, "both clients to connect", func() bool { return l.Snapshot().Conns == 2 })
+		}
 		waitOK(t, l, 100)
 		r := l.Stop()
 		assert.Zero(t, r.Failures(), "%v: %v", mode, r)
