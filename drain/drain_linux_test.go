@@ -76,6 +76,19 @@ func (g *gen) stopped(t *testing.T) error {
 	}
 }
 
+var okHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) })
+
+// serveDrained makes srv's Drainer and serves srv through it on ln until
+// the test ends; Serve's error arrives on the channel.
+func serveDrained(t *testing.T, srv *http.Server, ln net.Listener) (*drain.Drainer, <-chan error) {
+	t.Helper()
+	d := drain.New(srv)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(d.Listener(ln)) }()
+	t.Cleanup(func() { srv.Close() })
+	return d, served
+}
+
 // dup returns a listener on a new descriptor of ln's socket, made without
 // File, which would switch ln to blocking mode.
 func dup(t *testing.T, ln *net.TCPListener) *net.TCPListener {
@@ -293,15 +306,12 @@ func TestDrain_IdleConnectionClosedAfterGraceNotBefore(t *testing.T) {
 	const grace = time.Second
 	ct := &connTimes{idle: map[string]time.Time{}, closed: map[string]time.Time{}}
 	srv := &http.Server{
-		Handler:   http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) }),
+		Handler:   okHandler,
 		ConnState: ct.hook,
 	}
-	d := drain.New(srv)
 	ln := listen(t)
 	addr := ln.Addr().String()
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(d.Listener(ln)) }()
-	defer srv.Close()
+	d, served := serveDrained(t, srv, ln)
 
 	quiet, busy := dial(t, addr), dial(t, addr)
 	assert.False(t, quiet.get(t, "/").Close)
@@ -341,12 +351,9 @@ func TestDrain_ResponseStartedBeforeDrain(t *testing.T) {
 		}
 		w.Write([]byte("ok"))
 	})}
-	d := drain.New(srv)
 	ln := listen(t)
 	addr := ln.Addr().String()
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(d.Listener(ln)) }()
-	defer srv.Close()
+	d, served := serveDrained(t, srv, ln)
 
 	c := dial(t, addr)
 	c.send(t, "/slow")
@@ -400,14 +407,11 @@ func (l *gatedListener) Close() error {
 // not seen yet, is served (with Connection: close) before Drain calls
 // Shutdown, which would drop its request.
 func TestDrain_ConnectionAcceptedAsDrainBegins_IsServed(t *testing.T) {
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) })}
+	srv := &http.Server{Handler: okHandler}
 	shutdown := make(chan struct{})
 	srv.RegisterOnShutdown(func() { close(shutdown) })
-	d := drain.New(srv)
 	ln := &gatedListener{Listener: listen(t), got: make(chan struct{}, 1), gate: make(chan struct{}), closing: make(chan struct{})}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(d.Listener(ln)) }()
-	defer srv.Close()
+	d, served := serveDrained(t, srv, ln)
 
 	c := dial(t, ln.Addr().String())
 	c.send(t, "/")
@@ -435,11 +439,9 @@ func TestDrain_ConnectionAcceptedAsDrainBegins_IsServed(t *testing.T) {
 // then ends what is left with no descriptor left behind.
 func TestDrain_ContextEnds_ReturnsItsError(t *testing.T) {
 	before := fds(t)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) })}
-	d := drain.New(srv)
+	srv := &http.Server{Handler: okHandler}
 	ln := listen(t)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(d.Listener(ln)) }()
+	d, served := serveDrained(t, srv, ln)
 	c := dial(t, ln.Addr().String())
 	c.get(t, "/") // an idle keep-alive connection, which the grace keeps
 
@@ -467,9 +469,7 @@ func TestDrain_ContextEnds_ReturnsItsError(t *testing.T) {
 // server, and so do calls made at the same time.
 func TestDrain_NoConnection_StopsAtOnce(t *testing.T) {
 	srv := &http.Server{}
-	d := drain.New(srv)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(d.Listener(listen(t))) }()
+	d, served := serveDrained(t, srv, listen(t))
 	var wg sync.WaitGroup
 	for range 3 {
 		wg.Go(func() { assert.NoError(t, d.Drain(t.Context(), time.Hour)) })
@@ -482,7 +482,7 @@ func TestDrain_NoConnection_StopsAtOnce(t *testing.T) {
 // it does not hold without failing requests, so it changes nothing and says
 // so; the server goes on serving.
 func TestDrain_ListenerNotFromDrainer_IsAnError(t *testing.T) {
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) })}
+	srv := &http.Server{Handler: okHandler}
 	d := drain.New(srv)
 	ln := listen(t)
 	served := make(chan error, 1)
@@ -508,7 +508,7 @@ func TestDrain_ListenerNotFromDrainer_IsAnError(t *testing.T) {
 func TestDrain_ServeTLS(t *testing.T) {
 	cert, pool := selfSigned(t)
 	srv := &http.Server{
-		Handler:   http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) }),
+		Handler:   okHandler,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
 	}
 	d := drain.New(srv)
@@ -565,10 +565,8 @@ func TestNew_KeepsTheServersHooks(t *testing.T) {
 		ConnState:   func(net.Conn, http.ConnState) { states.Add(1) },
 		BaseContext: func(net.Listener) context.Context { return context.WithValue(context.Background(), ctxKey{}, "base") },
 	}
-	d := drain.New(srv)
 	ln := listen(t)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(d.Listener(ln)) }()
+	d, served := serveDrained(t, srv, ln)
 	c := dial(t, ln.Addr().String())
 	assert.Equal(t, http.StatusOK, c.get(t, "/").StatusCode)
 	assert.Equal(t, "base", fromBase.Load())
@@ -586,10 +584,8 @@ var registerDefault = sync.OnceFunc(func() {
 func TestNew_NilHandlerIsTheDefaultServeMux(t *testing.T) {
 	registerDefault()
 	srv := &http.Server{}
-	d := drain.New(srv)
 	ln := listen(t)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(d.Listener(ln)) }()
+	d, served := serveDrained(t, srv, ln)
 	c := dial(t, ln.Addr().String())
 	c.send(t, "/drain-test-default-mux")
 	body, err := io.ReadAll(c.head(t).Body)
