@@ -24,6 +24,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/safelisten/reuse/drain"
+	"github.com/safelisten/reuse/internal/loadgen"
 	"golang.org/x/sys/unix"
 )
 
@@ -60,6 +62,7 @@ type event struct {
 	Ino    uint64 `json:"ino,omitempty"`     // the listener's socket inode
 	UDPIno uint64 `json:"udp_ino,omitempty"` // the packet conn's
 	FDs    int    `json:"fds,omitempty"`     // open fds after Ready
+	Proto  int    `json:"proto,omitempty"`   // the listener's SO_PROTOCOL
 	Addr   string `json:"addr,omitempty"`
 	UDP    string `json:"udp,omitempty"`
 	Got    int    `json:"got,omitempty"` // datagrams received, on exit
@@ -123,7 +126,8 @@ func TestHelperServer(t *testing.T) {
 		os.Exit(2)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })}
-	go srv.Serve(ln)
+	d := drain.New(srv)
+	go srv.Serve(d.Listener(ln))
 	var pc net.PacketConn
 	got := make(chan int, 1)
 	if cfg.UDP != "" {
@@ -161,14 +165,27 @@ func TestHelperServer(t *testing.T) {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
 	rerr := Ready()
 	e := event{Event: "ready", Ppid: inheritance.parent, Ino: inodeOf(ln.(syscall.Conn)), FDs: openFDs(), Addr: ln.Addr().String(), Err: errString(rerr)}
+	if rc, err := ln.(syscall.Conn).SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { e.Proto, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL) })
+	}
 	if pc != nil {
 		e.UDPIno, e.UDP = inodeOf(pc.(syscall.Conn)), pc.LocalAddr().String()
 	}
 	emit(e)
 
-	stop := func() {
-		srv.Close()
+	// stop ends this generation: after an Upgrade with a drain, else with
+	// Shutdown, as a plain server stops on SIGTERM.
+	stop := func(upgraded bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
 		ev := event{Event: "exit"}
+		var err error
+		if upgraded {
+			err = d.Drain(ctx, time.Second)
+		} else {
+			err = srv.Shutdown(ctx)
+		}
+		ev.Err = errString(err)
 		if pc != nil {
 			pc.Close()
 			ev.Got = <-got
@@ -178,7 +195,7 @@ func TestHelperServer(t *testing.T) {
 	}
 	for sig := range sigs {
 		if sig == syscall.SIGTERM {
-			stop()
+			stop(false)
 		}
 		timeout := cfg.UpgradeTimeout
 		if timeout == 0 {
@@ -189,15 +206,15 @@ func TestHelperServer(t *testing.T) {
 		cancel()
 		emit(event{Event: "upgrade", FDs: openFDs(), Err: errString(err)})
 		if err == nil {
-			time.Sleep(cfg.Linger) // a drain, as long as the test asks
-			stop()
+			time.Sleep(cfg.Linger) // serving on, as long as the test asks
+			stop(true)
 		}
 	}
 }
 
 // TestHelperSupervisor is not a test: it starts the first generation of
 // TestHelperServer, reaps every process that ends as its child, reports
-// each, and exits when none is left.
+// each, and exits when none is left and its stdin is closed.
 func TestHelperSupervisor(t *testing.T) {
 	if os.Getenv(envSupervise) == "" {
 		t.Skip("child process only")
@@ -206,17 +223,38 @@ func TestHelperSupervisor(t *testing.T) {
 		emit(event{Event: "error", Err: "PR_SET_CHILD_SUBREAPER: " + err.Error()})
 		os.Exit(2)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperServer$")
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envSupervise+"=") {
-			cmd.Env = append(cmd.Env, kv)
+	started, stdinClosed := make(chan struct{}, 1), make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		close(stdinClosed)
+	}()
+	start := func() {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperServer$")
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, envSupervise+"=") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Start(); err != nil {
+			emit(event{Event: "error", Err: err.Error()})
+			os.Exit(2)
+		}
+		select {
+		case started <- struct{}{}:
+		default:
 		}
 	}
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
-		emit(event{Event: "error", Err: err.Error()})
-		os.Exit(2)
-	}
+	// SIGUSR1 starts a fresh generation: the second half of a plain
+	// stop-and-start restart.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			start()
+		}
+	}()
+	start()
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, 0, nil)
@@ -224,7 +262,14 @@ func TestHelperSupervisor(t *testing.T) {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.ECHILD):
-			os.Exit(0)
+			// None left: done once the test closed stdin, unless it asks for
+			// a fresh generation.
+			select {
+			case <-started:
+				continue
+			case <-stdinClosed:
+				os.Exit(0)
+			}
 		case err != nil:
 			emit(event{Event: "error", Err: err.Error()})
 			os.Exit(2)
@@ -245,6 +290,7 @@ func waitStatus(ws unix.WaitStatus) string {
 type serverFamily struct {
 	t       *testing.T
 	cmd     *exec.Cmd
+	stdin   io.Closer // closing it tells the supervisor to end with the last generation
 	events  chan event
 	pending []event
 	done    chan struct{}
@@ -264,8 +310,10 @@ func startFamily(t *testing.T, cfg serverConfig) (*serverFamily, event) {
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	f := &serverFamily{t: t, cmd: cmd, events: make(chan event, 1024), done: make(chan struct{})}
+	f := &serverFamily{t: t, cmd: cmd, stdin: stdin, events: make(chan event, 1024), done: make(chan struct{})}
 	go func() {
 		defer close(f.done)
 		sc := bufio.NewScanner(stdout)
@@ -273,6 +321,9 @@ func startFamily(t *testing.T, cfg serverConfig) (*serverFamily, event) {
 			var e event
 			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 				continue // a test binary's own output
+			}
+			if os.Getenv("REUSE_TEST_DEBUG") != "" {
+				fmt.Fprintf(os.Stderr, "event: %s\n", sc.Bytes())
 			}
 			f.events <- e
 		}
@@ -344,6 +395,7 @@ func (f *serverFamily) stop(cur event) event {
 	require.NoError(f.t, syscall.Kill(cur.Pid, syscall.SIGTERM))
 	exit := f.next(eventOf("exit", cur.Pid))
 	f.next(func(e event) bool { return e.Event == "reaped" && e.Ppid == cur.Pid })
+	f.stdin.Close()
 	done := make(chan error, 1)
 	go func() { done <- f.cmd.Wait() }()
 	select {
@@ -365,6 +417,102 @@ func TestUpgrade_SameSocketInEveryGeneration(t *testing.T) {
 		assert.Equal(t, first.FDs, next.FDs, "open fds after Ready")
 		cur = next
 	}
+	f.stop(cur)
+}
+
+// startLoad sends load to addr from clients that never retry, half of them
+// keeping their connection, half with one connection per request, and waits
+// until it flows.
+func startLoad(t *testing.T, network, addr string) (stop func() loadgen.Result) {
+	t.Helper()
+	source := ""
+	if network == "tcp4" {
+		source = "127.0.0.2" // no client port on 127.0.0.1, where other tests listen
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var loads []*loadgen.Load
+	for _, mode := range []loadgen.Mode{loadgen.KeepAlive, loadgen.PerRequest} {
+		l, err := loadgen.Start(context.Background(), loadgen.Config{Network: network, Addr: addr, Source: source, Mode: mode, Clients: 8})
+		require.NoError(t, err)
+		loads = append(loads, l)
+		require.NoError(t, l.WaitOK(ctx, 50), "%v load flows", mode)
+	}
+	t.Cleanup(func() {
+		for _, l := range loads {
+			l.Stop()
+		}
+	})
+	return func() loadgen.Result {
+		var sum loadgen.Result
+		for i, l := range loads {
+			r := l.Stop()
+			t.Logf("%v: %v", loadgen.Mode(i), r)
+			sum.OK += r.OK
+			for k, n := range r.Failed {
+				if sum.Failed == nil {
+					sum.Failed, sum.First = map[loadgen.Kind]int64{}, map[loadgen.Kind]string{}
+				}
+				sum.Failed[k] += n
+				sum.First[k] = r.First[k]
+			}
+		}
+		return sum
+	}
+}
+
+// TestUpgrade_UnderLoadFailsNoRequest: 100 Upgrades in a row while clients
+// that never retry keep sending, on keep-alive connections and on one
+// connection per request: no request fails, every generation serves the
+// same listening socket, the last has the fds the first had, and every
+// process is reaped. tcp4 runs with Go's default (MPTCP where the kernel has
+// it), tcp6 as plain TCP.
+func TestUpgrade_UnderLoadFailsNoRequest(t *testing.T) {
+	for _, c := range []struct {
+		network, addr, godebug string
+		upgrades               int
+	}{
+		{"tcp4", "127.0.0.1:0", "", 100},
+		{"tcp6", "[::1]:0", "multipathtcp=0", 20},
+	} {
+		t.Run(c.network, func(t *testing.T) {
+			if c.network == "tcp6" && !haveIPv6Loopback() {
+				t.Skip("no ::1 on this host")
+			}
+			t.Setenv("GODEBUG", c.godebug)
+			f, first := startFamily(t, serverConfig{Network: c.network, Addr: c.addr})
+			t.Logf("listener protocol %d (%d is MPTCP)", first.Proto, unix.IPPROTO_MPTCP)
+			stopLoad := startLoad(t, c.network, first.Addr)
+			cur := first
+			for range c.upgrades {
+				cur = f.upgrade(cur)
+				require.Equal(t, first.Ino, cur.Ino, "the same listening socket")
+			}
+			assert.Equal(t, first.FDs, cur.FDs, "fds of the last generation")
+			res := stopLoad()
+			assert.Zero(t, res.Failures(), "failed requests over %d Upgrades: %v", c.upgrades, res)
+			assert.Greater(t, res.OK, int64(10*c.upgrades))
+			f.stop(cur)
+		})
+	}
+}
+
+// TestRestart_PlainStopAndStartFailsRequests: the same load across a plain
+// restart, the old process stopping (Shutdown) before the new one binds,
+// shows failures: the harness above can see them.
+func TestRestart_PlainStopAndStartFailsRequests(t *testing.T) {
+	addr := hostPort("127.0.0.1", freePort(t))
+	f, cur := startFamily(t, serverConfig{Network: "tcp4", Addr: addr})
+	stopLoad := startLoad(t, "tcp4", addr)
+	for range 5 {
+		require.NoError(t, syscall.Kill(cur.Pid, syscall.SIGTERM))
+		f.next(eventOf("exit", cur.Pid))
+		f.next(func(e event) bool { return e.Event == "reaped" && e.Ppid == cur.Pid })
+		require.NoError(t, f.cmd.Process.Signal(syscall.SIGUSR1))
+		cur = f.next(eventOf("ready", 0))
+	}
+	res := stopLoad()
+	assert.NotZero(t, res.Failed[loadgen.Refused], "refused connects during the gap: %v", res)
 	f.stop(cur)
 }
 
@@ -638,6 +786,15 @@ func TestReady_NotifiesSystemd(t *testing.T) {
 		assert.Equal(t, fmt.Sprintf("MAINPID=%d\nREADY=1", cur.Pid), read())
 	}
 	f.stop(cur)
+}
+
+func haveIPv6Loopback() bool {
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
 }
 
 // freePort returns a port that was free on 127.0.0.1 a moment ago, outside
