@@ -2,6 +2,7 @@ package reuse_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -10,10 +11,12 @@ import (
 )
 
 // Control fits a net.ListenConfig you already have, for its other fields.
+// With no options it gives this OS's safe defaults: SO_EXCLUSIVEADDRUSE on
+// Windows, and on Unix the SO_REUSEADDR that Go already sets.
 func ExampleControl() {
 	lc := net.ListenConfig{
 		KeepAlive: -1,
-		Control:   reuse.Control(reuse.WithReuseAddr(true)),
+		Control:   reuse.Control(),
 	}
 	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
@@ -27,9 +30,26 @@ func ExampleControl() {
 // ListenConfig returns a net.ListenConfig to adjust further, here to choose
 // plain TCP over MPTCP.
 func ExampleListenConfig() {
-	lc := reuse.ListenConfig(reuse.WithRSTOnClose())
+	lc := reuse.ListenConfig()
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+	fmt.Println(ln.Addr().Network())
+	// Output: tcp
+}
+
+// An option this OS cannot honour is an error, never dropped: the caller
+// decides what to do instead. WithReusePort is errors.ErrUnsupported where
+// the kernel does not balance connections over listeners (Windows, macOS,
+// OpenBSD, ...); this server then runs one listener.
+func ExampleWithReusePort_fallback() {
+	ln, err := reuse.Listen("tcp", "127.0.0.1:0", reuse.WithReusePort(true))
+	if errors.Is(err, errors.ErrUnsupported) {
+		ln, err = reuse.Listen("tcp", "127.0.0.1:0")
+	}
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -53,7 +73,9 @@ func ExampleIsAddrInUse() {
 }
 
 // A client that must reconnect from a fixed local port binds it with
-// SO_REUSEADDR, so its own last connection's TIME_WAIT does not stop it.
+// SO_REUSEADDR on Unix, so its own last connection's TIME_WAIT does not stop
+// it. On Windows, where that option would let others share the port, Dial
+// leaves it off.
 func ExampleDial() {
 	ln, err := reuse.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"syscall"
 )
 
@@ -53,12 +54,16 @@ func (l *rstListener) AcceptTCP() (*net.TCPConn, error) {
 // c must be a TCP connection that exposes its socket through SyscallConn, as
 // *net.TCPConn does, or a wrapper with a NetConn method that leads to one, as
 // *tls.Conn does; Abort then closes the TCP connection itself, without the
-// wrapper's goodbye (a TLS close_notify). For nil, or a connection that
-// cannot be aborted, Abort returns an error and leaves c open, so the caller
-// can still Close it.
+// wrapper's goodbye (a TLS close_notify). For nil, a nil pointer (a nil
+// *net.TCPConn, a nil *tls.Conn, a wrapper of one), a zero net.TCPConn that
+// has no socket, or a connection that cannot be aborted, Abort returns an
+// error and leaves c open, so the caller can still Close it.
 func Abort(c net.Conn) error {
 	if c == nil {
 		return errors.New("reuse: Abort(nil)")
+	}
+	if isNil(c) {
+		return fmt.Errorf("reuse: Abort of a nil %T", c)
 	}
 	inner := c
 	// tls.Conn and similar wrappers expose the connection they wrap.
@@ -67,12 +72,20 @@ func Abort(c net.Conn) error {
 		if !ok {
 			break
 		}
-		if inner = w.NetConn(); inner == nil {
+		if inner = w.NetConn(); isNil(inner) {
 			return fmt.Errorf("reuse: Abort: %T wraps a nil connection", w)
 		}
 	}
 	sc, ok := inner.(syscall.Conn)
-	if _, tcp := inner.LocalAddr().(*net.TCPAddr); !ok || !tcp {
+	if !ok {
+		return fmt.Errorf("reuse: Abort: %T is not a TCP connection with SyscallConn", inner)
+	}
+	laddr := inner.LocalAddr()
+	if laddr == nil {
+		// A zero net.TCPConn{}: no socket, nothing to abort.
+		return fmt.Errorf("reuse: Abort: %T has no socket", inner)
+	}
+	if _, tcp := laddr.(*net.TCPAddr); !tcp {
 		return fmt.Errorf("reuse: Abort: %T is not a TCP connection with SyscallConn", inner)
 	}
 	rc, err := sc.SyscallConn()
@@ -80,9 +93,22 @@ func Abort(c net.Conn) error {
 		err = apply(rc, []step{{soLinger, true}})
 	}
 	if err != nil {
-		return &net.OpError{Op: "abort", Net: inner.LocalAddr().Network(), Source: inner.LocalAddr(), Addr: inner.RemoteAddr(), Err: err}
+		return &net.OpError{Op: "abort", Net: laddr.Network(), Source: laddr, Addr: inner.RemoteAddr(), Err: err}
 	}
 	// Close the socket itself: a wrapper's Close may first write (a TLS
 	// close_notify, with a deadline of seconds), which an abort must not.
 	return inner.Close()
+}
+
+// isNil reports whether c holds a nil pointer (or another nil of a kind
+// that can be), on which the methods of net.Conn would panic.
+func isNil(c net.Conn) bool {
+	if c == nil {
+		return true
+	}
+	switch v := reflect.ValueOf(c); v.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan:
+		return v.IsNil()
+	}
+	return false
 }

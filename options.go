@@ -57,8 +57,10 @@ type options struct {
 // in use" for as long as a TIME_WAIT of that port lasts.
 //
 // On Windows SO_REUSEADDR lets any other socket, even another user's, take a
-// port that is in use, so for TCP it is never set, whatever on says: a
-// restarted Windows server binds past TIME_WAIT without it.
+// port that is in use, so it is never set for TCP: WithReuseAddr(false) is
+// what Windows does anyway, and WithReuseAddr(true) on a TCP listener or Dial
+// is an error for which errors.Is(err, errors.ErrUnsupported) holds. Windows
+// is reported to let a restarted server bind past TIME_WAIT without it.
 //
 // For UDP it is off by default, because two UDP sockets with SO_REUSEADDR
 // share a port even across users. WithReuseAddr(true) sets it on every OS,

@@ -288,7 +288,7 @@ func TestSecondLiveListener_EveryOptionCombination(t *testing.T) {
 // Windows no TCP socket ever gets SO_REUSEADDR, a listener gets
 // SO_EXCLUSIVEADDRUSE unless the last word on it was
 // WithExclusiveAddr(false), a dialled socket only when asked, and
-// WithReusePort(true) is refused.
+// WithReusePort(true) and WithReuseAddr(true) are refused.
 func TestPlan_WindowsNeverSharesATCPPort(t *testing.T) {
 	alphabet := []fuzzOption{optReuseAddrOn, optReuseAddrOff, optReusePortOn, optReusePortOff, optExclusiveOn, optExclusiveOff, optRST}
 	seqs := [][]fuzzOption{{}}
@@ -321,8 +321,13 @@ func TestPlan_WindowsNeverSharesATCPPort(t *testing.T) {
 				case m.err != "":
 					assert.EqualError(t, err, m.err, where)
 					continue
+				case m.reuseAddr == on:
+					assert.ErrorIs(t, err, errors.ErrUnsupported, where)
+					assert.ErrorContains(t, err, "WithReuseAddr(true)", where)
+					continue
 				case m.reusePort == on:
 					assert.ErrorIs(t, err, errors.ErrUnsupported, where)
+					assert.ErrorContains(t, err, "WithReusePort", where)
 					continue
 				case m.rst && k == kindTCPListen && v == viaControl:
 					assert.ErrorIs(t, err, errors.ErrUnsupported, "%s: accepted sockets may not inherit SO_LINGER", where)

@@ -192,7 +192,11 @@ func plan(goos string, k kind, o *options, v via) (steps []step, wrapRST bool, e
 	switch {
 	case t.windows && k != kindUDP:
 		// Never on Windows TCP: there it would let another socket take a
-		// port in use. A restart past TIME_WAIT works without it.
+		// port in use. Off is what Windows does anyway; on is refused
+		// rather than ignored.
+		if o.reuseAddr == on {
+			return nil, false, fmt.Errorf("reuse: WithReuseAddr(true) for TCP on %s, where SO_REUSEADDR lets another socket take a port in use: %w", goos, errors.ErrUnsupported)
+		}
 	case k == kindUDP:
 		if o.reuseAddr != unset {
 			steps = append(steps, step{soReuseAddr, o.reuseAddr == on})

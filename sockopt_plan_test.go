@@ -1,5 +1,3 @@
-//go:build linux
-
 package reuse
 
 import (
@@ -52,11 +50,24 @@ func TestPlan_DefaultsCostNothingOnUnix(t *testing.T) {
 }
 
 func TestPlan_WindowsNeverSetsReuseAddrOnTCP(t *testing.T) {
-	for _, opts := range [][]Option{nil, {WithReuseAddr(true)}, {WithReuseAddr(false)}, {WithReuseAddr(true), WithExclusiveAddr(false)}} {
+	for _, opts := range [][]Option{nil, {WithReuseAddr(false)}, {WithReuseAddr(true), WithReuseAddr(false)}, {WithReuseAddr(false), WithExclusiveAddr(false)}} {
 		for _, k := range []kind{kindTCPListen, kindTCPDial} {
-			got, err := planOf(t, "windows", k, viaListen, opts...)
-			require.NoError(t, err)
-			assert.NotContains(t, fmt.Sprint(got), "SO_REUSEADDR", "kind %d %v", k, got)
+			for _, v := range []via{viaListen, viaControl} {
+				got, err := planOf(t, "windows", k, v, opts...)
+				require.NoError(t, err)
+				assert.NotContains(t, fmt.Sprint(got), "SO_REUSEADDR", "kind %d %v", k, got)
+			}
+		}
+	}
+	// Asked for, it is refused, not ignored: for listeners and Dial, through
+	// Listen and Control, whatever comes with it.
+	for _, opts := range [][]Option{{WithReuseAddr(true)}, {WithReuseAddr(false), WithReuseAddr(true)}, {WithReuseAddr(true), WithExclusiveAddr(false)}, {WithRSTOnClose(), WithReuseAddr(true)}} {
+		for _, k := range []kind{kindTCPListen, kindTCPDial} {
+			for _, v := range []via{viaListen, viaControl} {
+				_, err := planOf(t, "windows", k, v, opts...)
+				require.ErrorIs(t, err, errors.ErrUnsupported, "kind %d via %d", k, v)
+				assert.EqualError(t, err, "reuse: WithReuseAddr(true) for TCP on windows, where SO_REUSEADDR lets another socket take a port in use: unsupported operation")
+			}
 		}
 	}
 	got, err := planOf(t, "windows", kindTCPListen, viaListen)
@@ -68,6 +79,9 @@ func TestPlan_WindowsNeverSetsReuseAddrOnTCP(t *testing.T) {
 	got, err = planOf(t, "windows", kindUDP, viaListen)
 	require.NoError(t, err)
 	assert.Empty(t, got, "UDP on Windows: nothing unless asked")
+	got, err = planOf(t, "windows", kindUDP, viaListen, WithReuseAddr(true))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"SO_REUSEADDR=1"}, got, "UDP on Windows honours WithReuseAddr(true)")
 	got, err = planOf(t, "windows", kindUDP, viaListen, WithExclusiveAddr(true))
 	require.NoError(t, err)
 	assert.Equal(t, []string{"SO_EXCLUSIVEADDRUSE=1"}, got)
@@ -108,7 +122,10 @@ func TestPlan_Table(t *testing.T) {
 		"rst on UDP is an error":                {goos: append(unixes, "windows", "plan9"), kind: kindUDP, opts: []Option{rst}, errText: "WithRSTOnClose does not apply to UDP"},
 		"dial sets reuseaddr":                   {goos: unixes, kind: kindTCPDial, want: []string{"SO_REUSEADDR=1"}},
 		"dial reuseaddr off":                    {goos: unixes, kind: kindTCPDial, opts: []Option{addrOff}, want: []string{}},
-		"dial on windows":                       {goos: []string{"windows"}, kind: kindTCPDial, opts: []Option{addrOn}, want: []string{}},
+		"dial on windows":                       {goos: []string{"windows"}, kind: kindTCPDial, want: []string{}},
+		"dial reuseaddr on, windows":            {goos: []string{"windows"}, kind: kindTCPDial, opts: []Option{addrOn}, unsupported: true},
+		"listen reuseaddr on, windows":          {goos: []string{"windows"}, kind: kindTCPListen, opts: []Option{addrOn}, unsupported: true},
+		"reuseaddr off, windows: Windows' own":  {goos: []string{"windows"}, kind: kindTCPListen, opts: []Option{addrOff}, want: []string{}},
 		"udp reuseaddr only when asked":         {goos: append(unixes, "windows"), kind: kindUDP, opts: []Option{addrOn}, want: []string{"SO_REUSEADDR=1"}},
 		"udp reuseaddr off clears multicast's":  {goos: append(unixes, "windows"), kind: kindUDP, opts: []Option{addrOff}, want: []string{"SO_REUSEADDR=0"}},
 		"exclusive has no effect off windows":   {goos: unixes, kind: kindTCPListen, opts: []Option{exclOn}, want: []string{}},

@@ -27,8 +27,9 @@ func setsockopt(fd uintptr, s step) error {
 	case soExclusiveAddrUse:
 		err = windows.SetsockoptInt(h, windows.SOL_SOCKET, exclusiveAddrUse, v)
 	case soLinger:
-		// Windows' struct linger is two u_shorts; {1, 0} as two int32s
-		// reads the same, which is what net.TCPConn.SetLinger relies on too.
+		// Windows' struct linger is two u_shorts: SetsockoptLinger copies
+		// Onoff and Linger into one (each cut to 16 bits) and passes its 4
+		// bytes, as syscall does for net.TCPConn.SetLinger.
 		err = windows.SetsockoptLinger(h, windows.SOL_SOCKET, windows.SO_LINGER, &windows.Linger{Onoff: int32(v)})
 	default:
 		err = errors.ErrUnsupported
