@@ -22,10 +22,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 	"github.com/safelisten/reuse/drain"
 	"github.com/safelisten/reuse/internal/loadgen"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -812,7 +812,6 @@ func freePort(t *testing.T) int {
 	t.Fatal("no free port in 20000-31999")
 	return 0
 }
-
 
 // inheritSocket makes a listening (or, for SOCK_DGRAM, bound) socket as
 // systemd would and hands it to this process's inheritance, as if it had
