@@ -293,6 +293,16 @@ func TestWindows_Unsupported(t *testing.T) {
 	}
 }
 
+// TestWindows_UpgradeUnsupported: Windows gives Go programs no fork with
+// inherited sockets: Upgrade says so, and Ready, with no parent and no
+// systemd, does nothing.
+func TestWindows_UpgradeUnsupported(t *testing.T) {
+	err := Upgrade(context.Background())
+	assert.ErrorIs(t, err, errors.ErrUnsupported)
+	assert.ErrorContains(t, err, "reuse: Upgrade on windows")
+	assert.NoError(t, Ready())
+}
+
 // TestWindows_BadInput: wrong networks, options and addresses are errors,
 // most before any socket exists, each a *net.OpError, none leaking a handle.
 func TestWindows_BadInput(t *testing.T) {
