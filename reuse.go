@@ -32,10 +32,12 @@ import (
 // socket; a live socket, one bound but not yet listening, and anything that
 // is not a socket are never touched. Two such Listens on one path wait for
 // each other on an flock of path+".lock", which exists only meanwhile:
-// nothing is left beside the socket. ListenContext's deadline bounds that
-// wait, 3 s without one. Otherwise, and off Linux, the error is the bind's,
-// on Linux an *AddrInUseError that says what holds the path and why it was
-// not replaced. See "Stale unix sockets" in the package documentation.
+// nothing is left beside the socket. The wait lasts until ListenContext's
+// deadline, 3 s without one; a ctx that ends first gives its error
+// (context.Canceled or context.DeadlineExceeded, for errors.Is). Otherwise,
+// and off Linux, the error is the bind's, on Linux an *AddrInUseError that
+// says what holds the path and why it was not replaced. See "Stale unix
+// sockets" in the package documentation.
 //
 // Errors wrap a *net.OpError. A network or option that is wrong is reported
 // before any socket is created; an option the OS cannot honour gives an
