@@ -41,14 +41,21 @@ import (
 // Solaris, illumos and AIX it is a listener whose Accept and AcceptTCP set
 // SO_LINGER on each connection (see WithRSTOnClose).
 //
-// For "unix" and "unixpacket" on Linux, a path taken by a stale
-// socket file, one whose server died without removing it, is replaced: Listen
-// removes the file and binds again only when the path is a socket and a
-// connect to it is refused. A live socket, and a path that is not a socket,
-// are never touched. An flock on path+".lock", which Listen creates and
-// leaves, keeps two processes that start at once from deleting each other's
-// socket; programs that bind the path without this lock are not covered.
-// When the lock file cannot be used, Listen binds as net.Listen does.
+// For "unix" and "unixpacket", Listen binds as net.Listen does. Only when
+// the path is taken does it look, and on Linux it replaces a stale socket
+// file, one whose server died without removing it: it removes the file and
+// binds again when a connect to it is refused and no socket in this network
+// namespace is bound to it. It does so only where no user but this one and
+// root can change what the path resolves to, and only for this user's
+// socket; a live socket, one bound but not yet listening, and anything that
+// is not a socket are never touched. Two such Listens on one path wait for
+// each other on an flock of path+".lock", which exists only meanwhile:
+// nothing is left beside the socket. The wait lasts until ListenContext's
+// deadline, 3 s without one; a ctx that ends first gives its error
+// (context.Canceled or context.DeadlineExceeded, for errors.Is). Otherwise,
+// and off Linux, the error is the bind's, on Linux an *AddrInUseError that
+// says what holds the path and why it was not replaced. See "Stale unix
+// sockets" in the package documentation.
 //
 // Errors wrap a *net.OpError. A network or option that is wrong is reported
 // before any socket is created; an option the OS cannot honour gives an
