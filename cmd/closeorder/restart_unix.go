@@ -1,0 +1,249 @@
+//go:build unix
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/safelisten/reuse"
+	"github.com/safelisten/reuse/drain"
+	"github.com/safelisten/reuse/internal/loadgen"
+)
+
+// The restart half of the demo: a small HTTP server, this program itself
+// started with envServe set, restarted under load in the two ways a server
+// can be: stopped and started again, and upgraded (reuse.Upgrade, then a
+// drain). Each generation of the server reports on its stdout, one line per
+// event: "ready PID", "upgrade-failed PID ERROR", "exit PID".
+const envServe = "CLOSEORDER_SERVE" // the address the server listens on
+
+// serve is the server: it listens, serves until SIGTERM (Shutdown, as a
+// plain server stops) or SIGHUP (Upgrade, then drain), and exits.
+func serve(addr string) int {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
+	ln, err := reuse.Listen("tcp4", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "closeorder server:", err)
+		return 1
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })}
+	d := drain.New(srv)
+	go srv.Serve(d.Listener(ln))
+	if err := reuse.Ready(); err != nil {
+		fmt.Fprintln(os.Stderr, "closeorder server:", err)
+		return 1
+	}
+	fmt.Printf("ready %d\n", os.Getpid())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for sig := range sigs {
+		if sig == syscall.SIGTERM {
+			srv.Shutdown(ctx)
+			break
+		}
+		if err := reuse.Upgrade(ctx); err != nil {
+			fmt.Printf("upgrade-failed %d %v\n", os.Getpid(), err)
+			continue
+		}
+		d.Drain(ctx, time.Second)
+		break
+	}
+	fmt.Printf("exit %d\n", os.Getpid())
+	return 0
+}
+
+// measureRestarts restarts the server n times each way under the same load,
+// on a port of its own, and returns what the clients saw.
+func measureRestarts(n int) ([]restartResult, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var out []restartResult
+	for _, upgrade := range []bool{false, true} {
+		r, err := restartUnderLoad(exe, n, upgrade)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// restartUnderLoad starts the server on a fresh port, sends it load, and
+// restarts it n times, by a plain stop and start or by an Upgrade.
+func restartUnderLoad(exe string, n int, upgrade bool) (restartResult, error) {
+	r := restartResult{name: "stop, then start (plain net.Listen too)"}
+	if upgrade {
+		r.name = "reuse.Upgrade, then drain"
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return r, err
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return r, err
+	}
+	defer pr.Close()
+	lines := make(chan string, 64)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	var procs []*exec.Cmd // the servers this process started, to reap
+	pid := 0              // the server now, until it says it exited
+	start := func() (int, error) {
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), envServe+"="+addr)
+		cmd.Stdout, cmd.Stderr = pw, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return 0, err
+		}
+		procs = append(procs, cmd)
+		return readyPID(lines)
+	}
+	defer func() {
+		if pid != 0 { // an error left a server running: one Upgrade started
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		pw.Close()
+		for _, cmd := range procs {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+		for range lines { // until every server's copy of pw is closed
+		}
+	}()
+	if pid, err = start(); err != nil {
+		return r, err
+	}
+	source := ""
+	if runtime.GOOS == "linux" {
+		source = "127.0.0.2" // off 127.0.0.1's ports (127/8 is loopback on Linux)
+	}
+	var loads []*loadgen.Load
+	for _, mode := range []loadgen.Mode{loadgen.KeepAlive, loadgen.PerRequest} {
+		l, err := loadgen.Start(context.Background(), loadgen.Config{Network: "tcp4", Addr: addr, Source: source, Mode: mode, Clients: 8})
+		if err != nil {
+			return r, err
+		}
+		defer l.Stop()
+		loads = append(loads, l)
+	}
+	began := time.Now()
+	for range n {
+		if !upgrade {
+			syscall.Kill(pid, syscall.SIGTERM)
+			if _, err := waitLine(lines, "exit "+strconv.Itoa(pid)); err != nil {
+				return r, err
+			}
+			pid = 0
+			if pid, err = start(); err != nil {
+				return r, err
+			}
+			continue
+		}
+		if pid, err = upgradeOnce(pid, lines); err != nil {
+			return r, err
+		}
+	}
+	r.took = time.Since(began)
+	for _, l := range loads {
+		res := l.Stop()
+		r.res.OK += res.OK
+		for k, v := range res.Failed {
+			if r.res.Failed == nil {
+				r.res.Failed = map[loadgen.Kind]int64{}
+			}
+			r.res.Failed[k] += v
+		}
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	if _, err = waitLine(lines, "exit "+strconv.Itoa(pid)); err == nil {
+		pid = 0
+	}
+	return r, err
+}
+
+// upgradeOnce asks server pid to Upgrade and returns the new server's pid
+// once the old one has exited. A new server cannot Upgrade while its parent
+// drains, so a SIGHUP that comes too soon is sent again.
+func upgradeOnce(pid int, lines <-chan string) (int, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		syscall.Kill(pid, syscall.SIGHUP)
+		line, err := waitLine(lines, "ready ", "upgrade-failed ")
+		if err != nil {
+			return 0, err
+		}
+		if next, ok := strings.CutPrefix(line, "ready "); ok {
+			if _, err := waitLine(lines, "exit "+strconv.Itoa(pid)); err != nil {
+				return 0, err
+			}
+			return strconv.Atoi(next)
+		}
+		if !strings.Contains(line, "has not exited yet") || time.Now().After(deadline) {
+			return 0, errors.New(line)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// readyPID waits for a server's "ready PID" and returns the pid.
+func readyPID(lines <-chan string) (int, error) {
+	line, err := waitLine(lines, "ready ")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimPrefix(line, "ready "))
+}
+
+// waitLine returns the first line that starts with one of prefixes,
+// skipping others, within a minute.
+func waitLine(lines <-chan string, prefixes ...string) (string, error) {
+	timeout := time.After(time.Minute)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				return "", errors.New("the server's output ended")
+			}
+			for _, p := range prefixes {
+				if strings.HasPrefix(l, p) {
+					return l, nil
+				}
+			}
+		case <-timeout:
+			return "", fmt.Errorf("no %q from the server within a minute", prefixes)
+		}
+	}
+}
+
+// freeAddr returns 127.0.0.1 with a port that was free a moment ago.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
