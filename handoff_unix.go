@@ -300,49 +300,48 @@ func goNetwork(network string, f family) string {
 	return network[:3] + "6"
 }
 
-// takeListener returns the inherited listener that network and address ask
-// for, fitted to steps and o, or nil, nil when there is none; unlink says
-// whether a unix listener removes its path on Close.
-func takeListener(ctx context.Context, network, address string, steps []step, o *options) (_ net.Listener, unlink bool, _ error) {
+// take returns the inherited socket that network and address ask for, as
+// open makes it from its file, fitted to steps and o; or nil, nil when there
+// is none.
+func take(ctx context.Context, network, address string, steps []step, o *options, open func(*os.File) (io.Closer, error)) (io.Closer, *inheritedFile, error) {
 	s, err := claim(ctx, network, address)
 	if s == nil || err != nil {
-		return nil, false, err
+		return nil, nil, err
 	}
-	ln, err := net.FileListener(s.f)
+	c, err := open(s.f)
 	if err == nil {
-		if err = s.fit(network, ln.(syscall.Conn), steps, o); err != nil {
-			ln.Close()
+		if err = s.fit(network, c.(syscall.Conn), steps, o); err != nil {
+			c.Close()
 		}
 	}
 	if err != nil {
 		s.release(false)
-		return nil, false, err
-	}
-	if ul, ok := ln.(*net.UnixListener); ok {
-		ul.SetUnlinkOnClose(s.unlink)
+		return nil, nil, err
 	}
 	s.release(true)
-	return ln, s.unlink, nil
+	return c, s, nil
 }
 
-// takePacketConn is takeListener for ListenPacket.
+// takeListener is take for Listen; unlink says whether a unix listener
+// removes its path on Close.
+func takeListener(ctx context.Context, network, address string, steps []step, o *options) (_ net.Listener, unlink bool, _ error) {
+	c, s, err := take(ctx, network, address, steps, o, func(f *os.File) (io.Closer, error) { return net.FileListener(f) })
+	if c == nil {
+		return nil, false, err
+	}
+	if ul, ok := c.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(s.unlink)
+	}
+	return c.(net.Listener), s.unlink, nil
+}
+
+// takePacketConn is take for ListenPacket.
 func takePacketConn(ctx context.Context, network, address string, steps []step, o *options) (net.PacketConn, error) {
-	s, err := claim(ctx, network, address)
-	if s == nil || err != nil {
+	c, _, err := take(ctx, network, address, steps, o, func(f *os.File) (io.Closer, error) { return net.FilePacketConn(f) })
+	if c == nil {
 		return nil, err
 	}
-	pc, err := net.FilePacketConn(s.f)
-	if err == nil {
-		if err = s.fit(network, pc.(syscall.Conn), steps, o); err != nil {
-			pc.Close()
-		}
-	}
-	if err != nil {
-		s.release(false)
-		return nil, err
-	}
-	s.release(true)
-	return pc, nil
+	return c.(net.PacketConn), nil
 }
 
 var haveIPv6 = sync.OnceValue(func() bool {
