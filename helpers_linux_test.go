@@ -16,7 +16,37 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/safelisten/reuse/internal/census"
 )
+
+// The census's types and states, under the names the tests used when the
+// census was part of this package.
+type (
+	State  = census.State
+	Socket = census.Socket
+)
+
+const (
+	StateEstablished = census.StateEstablished
+	StateSynSent     = census.StateSynSent
+	StateSynRecv     = census.StateSynRecv
+	StateFinWait1    = census.StateFinWait1
+	StateFinWait2    = census.StateFinWait2
+	StateTimeWait    = census.StateTimeWait
+	StateClose       = census.StateClose
+	StateCloseWait   = census.StateCloseWait
+	StateLastAck     = census.StateLastAck
+	StateListen      = census.StateListen
+	StateClosing     = census.StateClosing
+)
+
+// Sockets returns every TCP socket on port, on any local address, with
+// its owner: the whole census, not the bounded one a failed bind reads.
+func Sockets(port int) ([]Socket, error) {
+	t, err := census.Read(census.Query{Port: uint16(port), Keep: 1 << 20, Owners: true})
+	return t.Sockets, err
+}
 
 // hosts returns the loopback addresses to test on: 127.0.0.1 always, ::1
 // where the machine has it.
