@@ -387,6 +387,17 @@ func TestAddrInUse_ReadAtFirstLook(t *testing.T) {
 	assert.Equal(t, 1, reads)
 }
 
+// TestAddrInUse_ReadLate: a message made long after the failure says so.
+func TestAddrInUse_ReadLate(t *testing.T) {
+	ln, err := listenTCP(t, "tcp4", "127.0.0.1:0", false)
+	require.NoError(t, err)
+	_, err = Listen("tcp4", ln.Addr().String())
+	var e *AddrInUseError
+	require.ErrorAs(t, err, &e)
+	e.x.failed = e.x.failed.Add(-3 * time.Second) // as if it failed 3 s ago
+	assert.True(t, strings.HasSuffix(e.Error(), "; SO_REUSEADDR cannot share a live port (the table was read 3s after the bind failed)"), e.Error())
+}
+
 // TestAddrInUse_ZeroValue: an AddrInUseError that this package did not make
 // neither panics nor reads a table.
 func TestAddrInUse_ZeroValue(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -202,23 +203,11 @@ func waitStates(t *testing.T, port int, c net.Conn, want map[State]int) {
 	t.Helper()
 	var got map[State]int
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if got = states(t, port, c); mapsEqual(got, want) {
+		if got = states(t, port, c); maps.Equal(got, want) {
 			return
 		}
 	}
 	require.Equal(t, want, got, "TCP states on local port %d", port)
-}
-
-func mapsEqual(a, b map[State]int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // fds counts this process's open file descriptors.

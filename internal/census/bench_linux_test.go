@@ -219,8 +219,10 @@ func BenchmarkBusyPort(b *testing.B) {
 		b.Run("src="+src.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
+				// /proc may list a socket twice if the table changes
+				// during the read (see parseProcNetTCP).
 				n, err := src.read()
-				if err != nil || n != conns+1 {
+				if err != nil || n < conns+1 || n > conns+1 && src.name != "proc" {
 					b.Fatalf("%d sockets on %v, %v", n, local, err)
 				}
 			}
@@ -317,7 +319,11 @@ func TestHelperSocketHolder(t *testing.T) {
 		lim.Cur = lim.Max
 		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
 	}
-	if need := uint64(2*n + 64); lim.Cur < need {
+	need := uint64(n + 64) // accept, dial: one end of each connection
+	if spec[0] == "pairs" {
+		need += uint64(n)
+	}
+	if lim.Cur < need {
 		fail("skip: RLIMIT_NOFILE is %d, %d needed", lim.Cur, need)
 	}
 	var conns []*net.TCPConn

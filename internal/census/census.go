@@ -145,6 +145,7 @@ const (
 	SourceProc                      // /proc/net/tcp{,6}: no bound-only sockets, no IPV6_V6ONLY
 )
 
+// String returns "netlink sock_diag" or "/proc/net/tcp".
 func (s Source) String() string {
 	switch s {
 	case SourceNetlink:
@@ -193,9 +194,11 @@ type Owners struct {
 // Read reads the TCP sockets on q.Port, IPv4 and IPv6, and returns those q
 // picks, within the bounds q sets. It tries netlink sock_diag first, which
 // needs no privileges and whose filter skips other ports in the kernel, and
-// falls back to /proc/net/tcp and tcp6 where netlink fails (a sandbox that
-// refuses it, a kernel without sock_diag); those show no sockets bound
-// without listening and no IPV6_V6ONLY.
+// falls back to /proc/net/tcp and tcp6 where netlink fails or does not
+// answer within half the time (a sandbox that refuses it, a kernel without
+// sock_diag); those show no sockets bound without listening and no
+// IPV6_V6ONLY, and on a table that changes fast during the read they may
+// list a socket twice.
 //
 // Read returns an error when q.Port is 0, when the table cannot be read
 // (errors.Is(err, os.ErrDeadlineExceeded) when the deadline passed first),
@@ -216,8 +219,10 @@ func Read(q Query) (Table, error) {
 	if q.Keep <= 0 {
 		q.Keep = DefaultKeep
 	}
+	// Half the time for netlink, which the kernel answers at once: a
+	// sandbox that never answers leaves the rest to /proc.
 	c := collector{q: &q, t: Table{Read: start, Source: SourceNetlink}}
-	err := readNetlink(q.Port, q.Deadline, c.add)
+	err := readNetlink(q.Port, start.Add(q.Deadline.Sub(start)/2), c.add)
 	if err != nil {
 		c = collector{q: &q, t: Table{Read: start, Source: SourceProc}}
 		if perr := readProc(q.Port, q.Deadline, c.add); perr != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -144,18 +145,7 @@ func censusCounts(socks []Socket) map[State]int {
 
 // censusHas returns a condition that holds when the table has exactly want.
 func censusHas(want map[State]int) func([]Socket) bool {
-	return func(socks []Socket) bool {
-		got := censusCounts(socks)
-		if len(got) != len(want) {
-			return false
-		}
-		for st, n := range want {
-			if got[st] != n {
-				return false
-			}
-		}
-		return true
-	}
+	return func(socks []Socket) bool { return maps.Equal(censusCounts(socks), want) }
 }
 
 func censusFormat(socks []Socket) string {
