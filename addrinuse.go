@@ -96,8 +96,8 @@ func (r Reason) String() string {
 type Diagnosis struct {
 	Reason Reason
 	// Read is when the table was read: at the first call of Error or
-	// Diagnosis, not at the failure. For a unix socket path, it is when
-	// Listen looked at the path.
+	// Diagnosis, not at the failure; zero when it was not read. For a unix
+	// socket path, it is when Listen looked at the path.
 	Read time.Time
 	// Holders are the TCP sockets that overlap the address of the failed
 	// bind, listeners first, at most a few hundred of them.
@@ -247,7 +247,7 @@ func explain(b bindInfo, failed time.Time) (Diagnosis, string) {
 	}
 	t, err := readTable(b.query())
 	if err != nil {
-		return Diagnosis{Read: time.Now(), Err: err}, "the socket table could not be read: " + err.Error()
+		return Diagnosis{Err: err}, "the socket table could not be read: " + err.Error()
 	}
 	d, why := diagnose(b, &t, os.Getpid())
 	if late := t.Read.Sub(failed); late >= time.Second {

@@ -468,6 +468,11 @@ func TestAddrInUse_InFlight(t *testing.T) {
 	if os.Geteuid() != 0 {
 		want = "(held by no process this user may inspect; perhaps by another user's)"
 	}
+	// The lookup reads every process's descriptors, looking for one that
+	// does not exist: on a loaded machine it may give up first, and say so.
+	if timedOut := "(its process was not found before the lookup's deadline)"; strings.Contains(e.Error(), timedOut) {
+		want = timedOut
+	}
 	assert.Contains(t, e.Error(), want)
 	assert.NotContains(t, e.Error(), "not visible to this user")
 	assert.Zero(t, e.Diagnosis().Holders[0].PID)

@@ -2,7 +2,6 @@ package census
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -75,7 +73,7 @@ func BenchmarkSockets(b *testing.B) {
 		})
 		b.Run("owners=self", func(b *testing.B) {
 			benchRaiseNOFILE(b, 2*pairs+2*target+2+64) // + stdio, runtime, netlink and ss pipes
-			others, _ := censusListen(b, "tcp4", netip.MustParseAddr("127.0.0.1"))
+			others, _ := censusListen(b, "tcp4", lo4)
 			benchConnect(b, others, pairs)
 			benchSockets(b, target)
 		})
@@ -85,7 +83,7 @@ func BenchmarkSockets(b *testing.B) {
 // benchSockets opens the measured port, a listener with target connections,
 // checks that Read and ss see it alike, and runs the benchmark loop.
 func benchSockets(b *testing.B, target int) {
-	ln, local := censusListen(b, "tcp4", netip.MustParseAddr("127.0.0.1"))
+	ln, local := censusListen(b, "tcp4", lo4)
 	benchConnect(b, ln, target)
 	port := local.Port()
 	q := Query{Port: port, Owners: true}
@@ -260,8 +258,7 @@ func benchRaiseNOFILE(b *testing.B, need int) {
 // left to slow down whatever runs next.
 func benchConnect(b *testing.B, ln *net.TCPListener, n int) {
 	b.Helper()
-	var d net.Dialer
-	d.SetMultipathTCP(false)
+	d := loopbackDialer(lo4)
 	conns := make([]*net.TCPConn, 0, 2*n)
 	b.Cleanup(func() {
 		for _, c := range conns {
@@ -286,18 +283,15 @@ const holderEnv = "REUSE_HELPER_HOLD"
 // TestHelperSocketHolder is not a test: it is the child process that
 // startSocketHolder and startBusyPort run. As told by $REUSE_HELPER_HOLD it
 //
-//	pairs N       listens on 127.0.0.1, makes N loopback connections to
-//	              itself, and prints "ready PORT" (the listener's port);
-//	accept N      listens on 127.0.0.2, prints "ready PORT", accepts N
-//	              connections and prints "held N";
-//	dial N ADDR   connects N times to ADDR from 127.0.0.2 and prints
-//	              "held N";
+//	pairs N       listens, makes N loopback connections to itself, and
+//	              prints "ready PORT" (the listener's port);
+//	accept N      listens, prints "ready PORT", accepts N connections and
+//	              prints "held N";
+//	dial N ADDR   connects N times to ADDR and prints "held N";
 //
 // then holds its sockets, and the descriptors it inherited, until its stdin
-// closes. Every socket has SO_LINGER 0 from the start: however the child
-// ends, it leaves no TIME_WAIT entries behind. 127.0.0.2 keeps the many
-// sockets of accept and dial off the ports that other tests bind on
-// 127.0.0.1.
+// closes. Every socket is on lo4 and has SO_LINGER 0 from the start:
+// however the child ends, it leaves no TIME_WAIT entries behind.
 func TestHelperSocketHolder(t *testing.T) {
 	spec := strings.Fields(os.Getenv(holderEnv))
 	if len(spec) < 2 {
@@ -355,8 +349,7 @@ func TestHelperSocketHolder(t *testing.T) {
 		}
 		hold(s)
 	}
-	d := net.Dialer{Timeout: 10 * time.Second}
-	d.SetMultipathTCP(false)
+	d := loopbackDialer(lo4)
 	dial := func(addr string) {
 		c, err := d.Dial("tcp4", addr)
 		if err != nil {
@@ -366,28 +359,20 @@ func TestHelperSocketHolder(t *testing.T) {
 	}
 	switch {
 	case spec[0] == "pairs" && len(spec) == 2:
-		ln := listen("127.0.0.1:0")
+		ln := listen(netip.AddrPortFrom(lo4, 0).String())
 		for range n {
 			dial(ln.Addr().String())
 			accept(ln)
 		}
 		fmt.Println("ready", ln.Addr().(*net.TCPAddr).Port)
 	case spec[0] == "accept" && len(spec) == 2:
-		ln := listen("127.0.0.2:0")
+		ln := listen(netip.AddrPortFrom(lo4, 0).String())
 		fmt.Println("ready", ln.Addr().(*net.TCPAddr).Port)
 		for range n {
 			accept(ln)
 		}
 		fmt.Println("held", n)
 	case spec[0] == "dial" && len(spec) == 3:
-		// The kernel picks each local port at connect, where only the
-		// four-tuple must be unique, rather than at bind.
-		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1) })
-			return errors.Join(err, serr)
-		}
 		for range n {
 			dial(spec[2])
 		}
@@ -459,7 +444,7 @@ func (h *holder) port(tb testing.TB) uint16 {
 	return uint16(n)
 }
 
-// startSocketHolder starts a child that holds a listener on 127.0.0.1 and
+// startSocketHolder starts a child that holds a listener on lo4 and
 // pairs loopback connections to it, and the extra descriptors files, and
 // returns its PID and its listener's port once it holds them. The caller
 // may close files once this returns. When tb ends, the child exits, and
@@ -494,14 +479,14 @@ func startSocketHolder(tb testing.TB, pairs int, files ...*os.File) (pid int, po
 	return h.pid, port
 }
 
-// startBusyPort starts two children: one that listens on 127.0.0.2 and
+// startBusyPort starts two children: one that listens on lo4 and
 // accepts n connections, the other that makes them, and returns the
 // listener's address and the PIDs of both once the connections are
 // established. They exit when tb ends.
 func startBusyPort(tb testing.TB, n int) (local netip.AddrPort, acceptor, dialer int) {
 	tb.Helper()
 	a := startHolder(tb, "accept "+strconv.Itoa(n))
-	local = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), a.port(tb))
+	local = netip.AddrPortFrom(lo4, a.port(tb))
 	d := startHolder(tb, "dial "+strconv.Itoa(n)+" "+local.String())
 	d.expect(tb, "held")
 	a.expect(tb, "held")

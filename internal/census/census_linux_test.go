@@ -3,6 +3,7 @@ package census
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -19,14 +21,36 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// censusLoopbacks are the addresses the census tests listen on. ::1 is
-// skipped where the host has no IPv6 loopback.
+// lo4 is the IPv4 address the census tests listen and dial on: their
+// client sockets then take ports of 127.0.0.2, which a bind of 127.0.0.1 on
+// the same port number, by a test of another package running in parallel,
+// does not conflict with. All of 127/8 is loopback on Linux.
+var lo4 = netip.MustParseAddr("127.0.0.2")
+
+// censusLoopbacks are the addresses the census tests listen on. ::1, the
+// only IPv6 loopback, is skipped where the host has none.
 var censusLoopbacks = []struct {
 	name, network string
 	addr          netip.Addr
 }{
-	{"tcp4", "tcp4", netip.MustParseAddr("127.0.0.1")},
+	{"tcp4", "tcp4", lo4},
 	{"tcp6", "tcp6", netip.MustParseAddr("::1")},
+}
+
+// loopbackDialer returns a plain TCP dialer whose sockets are bound to
+// host, which picks their ports at connect, where only the four-tuple must
+// be unique.
+func loopbackDialer(host netip.Addr) *net.Dialer {
+	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: host.AsSlice()}}
+	d.SetMultipathTCP(false)
+	if host.Is4() {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1) })
+			return errors.Join(err, serr)
+		}
+	}
+	return d
 }
 
 // censusForEachLoopback runs f once per loopback address, as a subtest.
@@ -67,8 +91,7 @@ func censusListen(t testing.TB, network string, addr netip.Addr) (*net.TCPListen
 // are closed when the test ends, if the test has not closed them itself.
 func censusConnect(t testing.TB, ln *net.TCPListener, n int) (clients, servers []*net.TCPConn) {
 	t.Helper()
-	var d net.Dialer
-	d.SetMultipathTCP(false)
+	d := loopbackDialer(ln.Addr().(*net.TCPAddr).AddrPort().Addr())
 	for range n {
 		c, err := d.Dial(ln.Addr().Network(), ln.Addr().String())
 		require.NoError(t, err)
@@ -295,7 +318,7 @@ func TestSocketsNetlinkMatchesProc(t *testing.T) {
 }
 
 // TestSocketsIPv4Mapped checks that an IPv6 socket carrying IPv4 keeps its
-// IPv4-mapped addresses. A dual-stack socket bound to ::ffff:127.0.0.1 takes
+// IPv4-mapped addresses. A dual-stack socket bound to ::ffff:127.0.0.2 takes
 // IPv4 connections on loopback only.
 func TestSocketsIPv4Mapped(t *testing.T) {
 	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
@@ -305,7 +328,7 @@ func TestSocketsIPv4Mapped(t *testing.T) {
 	f := os.NewFile(uintptr(fd), "dual-stack listener")
 	defer f.Close()
 	require.NoError(t, unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0))
-	mapped := netip.AddrFrom16(netip.MustParseAddr("127.0.0.1").As16())
+	mapped := netip.AddrFrom16(lo4.As16())
 	require.True(t, mapped.Is4In6())
 	require.NoError(t, unix.Bind(fd, &unix.SockaddrInet6{Addr: mapped.As16()}))
 	require.NoError(t, unix.Listen(fd, 8))
@@ -315,7 +338,7 @@ func TestSocketsIPv4Mapped(t *testing.T) {
 	ln := l.(*net.TCPListener)
 	port := ln.Addr().(*net.TCPAddr).Port
 
-	c, err := net.Dial("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)).String())
+	c, err := loopbackDialer(lo4).Dial("tcp4", netip.AddrPortFrom(lo4, uint16(port)).String())
 	require.NoError(t, err)
 	defer c.Close()
 	s, err := ln.Accept()
@@ -326,7 +349,7 @@ func TestSocketsIPv4Mapped(t *testing.T) {
 	socks := censusWait(t, local, "listener and connection", censusHas(map[State]int{StateListen: 1, StateEstablished: 1}))
 	client := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	for _, s := range socks {
-		assert.True(t, s.Local.Addr().Is4In6(), "%v kept as ::ffff:127.0.0.1, not unmapped", s.Local)
+		assert.True(t, s.Local.Addr().Is4In6(), "%v kept as ::ffff:127.0.0.2, not unmapped", s.Local)
 		if s.State == StateEstablished {
 			assert.Equal(t, netip.AddrPortFrom(mapped, client.Port()), s.Remote)
 		}
@@ -446,7 +469,7 @@ func censusOpenFDs(t testing.TB) int {
 }
 
 func TestSocketsNoFDLeak(t *testing.T) {
-	ln, local := censusListen(t, "tcp4", netip.MustParseAddr("127.0.0.1"))
+	ln, local := censusListen(t, "tcp4", lo4)
 	censusConnect(t, ln, 2)
 	censusWait(t, local, "listener and connections", censusHas(map[State]int{StateListen: 1, StateEstablished: 2}))
 
@@ -732,14 +755,14 @@ func TestReadBounded(t *testing.T) {
 	var ln4 *net.TCPListener
 	var local4, local6 netip.AddrPort
 	for try := 0; ; try++ {
-		ln4, local4 = censusListen(t, "tcp4", netip.MustParseAddr("127.0.0.1"))
+		ln4, local4 = censusListen(t, "tcp4", lo4)
 		local6 = netip.AddrPortFrom(netip.MustParseAddr("::1"), local4.Port())
 		ln6, err := net.Listen("tcp6", local6.String())
 		if err == nil {
 			t.Cleanup(func() { ln6.Close() })
 			break
 		}
-		require.Less(t, try, 20, "no port free on both 127.0.0.1 and ::1: %v", err)
+		require.Less(t, try, 20, "no port free on both %v and ::1: %v", lo4, err)
 		ln4.Close()
 	}
 	censusConnect(t, ln4, conns)

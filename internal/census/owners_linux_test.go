@@ -18,7 +18,7 @@ import (
 // child's PID and command name, found by the scan of other processes.
 func TestSocketsOwnerChild(t *testing.T) {
 	pid, port := startSocketHolder(t, 3)
-	local := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	local := netip.AddrPortFrom(lo4, port)
 	socks := readAll(t, port)
 	// Without the TIME_WAIT entries that the port number's earlier users
 	// may have left on it.
@@ -45,14 +45,13 @@ func commOf(base string) string { return base[:min(len(base), 15)] }
 // get no owner, and then the whole of /proc was read: nothing is hidden
 // from root, and the lookup did not time out.
 func TestOwnersShared(t *testing.T) {
-	lo := netip.MustParseAddr("127.0.0.1")
 	self := os.Getpid()
 
 	// listenerFile returns a listener's socket as a file to hand to a
 	// child, and its inode. Unless keep, the listener is closed: the
 	// children's copies are the only ones.
 	listenerFile := func(keep bool) (*os.File, uint64) {
-		ln, _ := censusListen(t, "tcp4", lo)
+		ln, _ := censusListen(t, "tcp4", lo4)
 		f, err := ln.File()
 		require.NoError(t, err)
 		t.Cleanup(func() { f.Close() })
@@ -94,7 +93,7 @@ func TestOwnersShared(t *testing.T) {
 
 // TestOwnersDeadline: the owner lookup stops at its deadline and says so.
 func TestOwnersDeadline(t *testing.T) {
-	ln, local := censusListen(t, "tcp4", netip.MustParseAddr("127.0.0.1"))
+	ln, local := censusListen(t, "tcp4", lo4)
 	censusConnect(t, ln, 1)
 	socks := censusWait(t, local, "listener and connection", censusHas(map[State]int{StateListen: 1, StateEstablished: 1}))
 	for i := range socks {
