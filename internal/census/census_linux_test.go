@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -754,19 +755,26 @@ func TestReadBounded(t *testing.T) {
 	const conns = 10
 	var ln4 *net.TCPListener
 	var local4, local6 netip.AddrPort
+	mine := func(s Socket) bool { return s.Local == local4 || s.Local == local6 }
+	// A port whose number earlier tests used on either address may still
+	// hold their TIME_WAIT entries there: take another.
 	for try := 0; ; try++ {
+		require.Less(t, try, 20, "no port free on both %v and ::1", lo4)
 		ln4, local4 = censusListen(t, "tcp4", lo4)
 		local6 = netip.AddrPortFrom(netip.MustParseAddr("::1"), local4.Port())
 		ln6, err := net.Listen("tcp6", local6.String())
-		if err == nil {
-			t.Cleanup(func() { ln6.Close() })
+		if err != nil {
+			ln4.Close()
+			continue
+		}
+		t.Cleanup(func() { ln6.Close() })
+		if len(slices.DeleteFunc(readAll(t, local4.Port()), func(s Socket) bool { return !mine(s) })) == 2 {
 			break
 		}
-		require.Less(t, try, 20, "no port free on both %v and ::1: %v", lo4, err)
 		ln4.Close()
+		ln6.Close()
 	}
 	censusConnect(t, ln4, conns)
-	mine := func(s Socket) bool { return s.Local == local4 || s.Local == local6 }
 	censusWait(t, local4, "listener and connections", censusHas(map[State]int{StateListen: 1, StateEstablished: conns}))
 
 	tab, err := Read(Query{Port: local4.Port(), Match: mine, Keep: 3, Owners: true})
