@@ -21,27 +21,6 @@ import (
 	"github.com/safelisten/reuse/internal/census"
 )
 
-// The census's types and states, under the names the tests used when the
-// census was part of this package.
-type (
-	State  = census.State
-	Socket = census.Socket
-)
-
-const (
-	StateEstablished = census.StateEstablished
-	StateSynSent     = census.StateSynSent
-	StateSynRecv     = census.StateSynRecv
-	StateFinWait1    = census.StateFinWait1
-	StateFinWait2    = census.StateFinWait2
-	StateTimeWait    = census.StateTimeWait
-	StateClose       = census.StateClose
-	StateCloseWait   = census.StateCloseWait
-	StateLastAck     = census.StateLastAck
-	StateListen      = census.StateListen
-	StateClosing     = census.StateClosing
-)
-
 // Sockets returns every TCP socket on port, on any local address, with
 // its owner: the whole census, not the bounded one a failed bind reads.
 func Sockets(port int) ([]Socket, error) {
