@@ -130,11 +130,13 @@
 //
 // On Linux, when a bind fails with "address already in use", Listen,
 // ListenPacket and Dial return an *AddrInUseError that says what holds the
-// port, from the kernel's socket table read right after the failure: a live
-// listener (with its process, where visible), TIME_WAIT or FIN_WAIT2 entries
-// and whether SO_REUSEADDR can pass them, open connections, or a socket bound
-// without listening. Sockets returns that table for any port. A Listen that
-// succeeds never reads it.
+// port as the kernel's socket table shows it: a live listener (with its
+// process, where this user may see it), TIME_WAIT or FIN_WAIT2 entries and
+// whether SO_REUSEADDR can pass them, open connections, or a socket bound
+// without listening. Its Diagnosis method gives the same as data. The table
+// is read when the message or the diagnosis is first asked for, not at the
+// failure: a failed bind that nobody looks at costs what net.Listen's
+// failure costs, and a Listen that succeeds never reads it.
 //
 // # Stale unix sockets
 //

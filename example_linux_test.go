@@ -10,7 +10,7 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"slices"
+	"os"
 	"strings"
 	"syscall"
 
@@ -119,41 +119,6 @@ func ExampleWithReusePort() {
 	// Output: true
 }
 
-// Sockets shows what the kernel has on a port: here a listener and the
-// server side of one connection (Linux only).
-func ExampleSockets() {
-	ln, err := reuse.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer s.Close()
-
-	socks, err := reuse.Sockets(ln.Addr().(*net.TCPAddr).Port)
-	if errors.Is(err, errors.ErrUnsupported) {
-		return // not Linux
-	}
-	if err != nil {
-		log.Fatal(err)
-	}
-	var states []string
-	for _, s := range socks {
-		states = append(states, s.State.String())
-	}
-	slices.Sort(states)
-	fmt.Println(states)
-	// Output: [ESTABLISHED LISTEN]
-}
-
 // An *AddrInUseError says what holds the port; errors.Is with
 // syscall.EADDRINUSE and IsAddrInUse still work on it (Linux only).
 func ExampleAddrInUseError() {
@@ -164,10 +129,28 @@ func ExampleAddrInUseError() {
 	defer first.Close()
 
 	_, err = reuse.Listen("tcp4", first.Addr().String())
+	fmt.Println(reuse.IsAddrInUse(err), errors.Is(err, syscall.EADDRINUSE))
+	fmt.Println(strings.Contains(err.Error(), "is held by a LISTEN socket of this process"))
+	// Output:
+	// true true
+	// true
+}
+
+// Diagnosis gives what the message says as data: here the listener that
+// holds the port, and its process (Linux only).
+func ExampleAddrInUseError_Diagnosis() {
+	first, err := reuse.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer first.Close()
+
+	_, err = reuse.Listen("tcp4", first.Addr().String())
 	var inUse *reuse.AddrInUseError
 	if errors.As(err, &inUse) {
-		fmt.Println(inUse.Count(reuse.StateListen), "listener;",
-			strings.Contains(err.Error(), "is held by a LISTEN socket of this process"))
+		d := inUse.Diagnosis()
+		h := d.Holders[0]
+		fmt.Println(d.Reason, d.Count, h.State, h.Local.String() == first.Addr().String(), h.PID == os.Getpid())
 	}
-	// Output: 1 listener; true
+	// Output: listener 1 LISTEN true true
 }

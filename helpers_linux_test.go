@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -16,7 +17,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/safelisten/reuse/internal/census"
 )
+
+// Sockets returns every TCP socket on port, on any local address, with
+// its owner: the whole census, not the bounded one a failed bind reads.
+func Sockets(port int) ([]Socket, error) {
+	t, err := census.Read(census.Query{Port: uint16(port), Keep: 1 << 20, Owners: true})
+	return t.Sockets, err
+}
 
 // hosts returns the loopback addresses to test on: 127.0.0.1 always, ::1
 // where the machine has it.
@@ -172,23 +182,11 @@ func waitStates(t *testing.T, port int, c net.Conn, want map[State]int) {
 	t.Helper()
 	var got map[State]int
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if got = states(t, port, c); mapsEqual(got, want) {
+		if got = states(t, port, c); maps.Equal(got, want) {
 			return
 		}
 	}
 	require.Equal(t, want, got, "TCP states on local port %d", port)
-}
-
-func mapsEqual(a, b map[State]int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // fds counts this process's open file descriptors.

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,6 +19,23 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
+
+// The load tests' TCP sockets, clients and servers, are on loadHost: the
+// thousands of ports they take in a burst are then ports of 127.0.0.2,
+// which a later bind of 127.0.0.1 on the same port number by a test running
+// in parallel (another package's) does not conflict with. All of 127/8 is
+// loopback on Linux. IPv6 has only ::1.
+var loadHost = netip.MustParseAddr("127.0.0.2")
+
+// loadDialer returns a dialer whose sockets are bound to the loopback
+// address of the listener at addr.
+func loadDialer(addr net.Addr) *net.Dialer {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if a, ok := addr.(*net.TCPAddr); ok {
+		d.LocalAddr = &net.TCPAddr{IP: a.IP}
+	}
+	return d
+}
 
 // TestLoad_ConcurrentListenAcceptClose: 64 goroutines each listen (with
 // a mix of options, on tcp4, tcp6 where there is ::1, and unix), accept a
@@ -31,11 +50,12 @@ func TestLoad_ConcurrentListenAcceptClose(t *testing.T) {
 		rst           bool // the listener has WithRSTOnClose
 		opts          []Option
 	}
+	lo := hostPort(loadHost.String(), 0)
 	variants := []variant{
-		{"tcp4", "127.0.0.1:0", false, nil},
-		{"tcp4", "127.0.0.1:0", true, []Option{WithRSTOnClose()}},
-		{"tcp4", "127.0.0.1:0", true, []Option{WithReusePort(true), WithRSTOnClose()}},
-		{"tcp4", "127.0.0.1:0", false, []Option{WithReuseAddr(false), WithControl(func(string, string, syscall.RawConn) error { return nil })}},
+		{"tcp4", lo, false, nil},
+		{"tcp4", lo, true, []Option{WithRSTOnClose()}},
+		{"tcp4", lo, true, []Option{WithReusePort(true), WithRSTOnClose()}},
+		{"tcp4", lo, false, []Option{WithReuseAddr(false), WithControl(func(string, string, syscall.RawConn) error { return nil })}},
 		{"unix", "", false, nil},
 	}
 	if v6, ok := h["tcp6"]; ok {
@@ -80,8 +100,9 @@ func listenAcceptClose(network, addr string, n int, rst bool, opts ...Option) (e
 		return err
 	}
 	defer func() { err = errors.Join(err, ln.Close()) }()
+	d := loadDialer(ln.Addr())
 	for range n {
-		c, err := net.DialTimeout(ln.Addr().Network(), ln.Addr().String(), 5*time.Second)
+		c, err := d.Dial(ln.Addr().Network(), ln.Addr().String())
 		if err != nil {
 			return fmt.Errorf("dial: %w", err)
 		}
@@ -142,7 +163,7 @@ func TestSoak_ServerClosesFirstWithRSTOnClose(t *testing.T) {
 	goroutines := runtime.NumGoroutine()
 	before := fds(t)
 
-	ln, err := listenTCP(t, "tcp4", "127.0.0.1:0", mptcpOK(), WithRSTOnClose())
+	ln, err := listenTCP(t, "tcp4", hostPort(loadHost.String(), 0), mptcpOK(), WithRSTOnClose())
 	require.NoError(t, err)
 	p := port(ln.Addr())
 	start := time.Now()
@@ -153,7 +174,7 @@ func TestSoak_ServerClosesFirstWithRSTOnClose(t *testing.T) {
 	for range clients {
 		wg.Go(func() {
 			buf := make([]byte, 1)
-			d := net.Dialer{Timeout: 5 * time.Second}
+			d := loadDialer(ln.Addr())
 			for next.Add(1) <= total {
 				c, err := d.Dial("tcp4", ln.Addr().String())
 				if errors.Is(err, syscall.ECONNRESET) {
@@ -202,10 +223,19 @@ func TestSoak_ServerClosesFirstWithRSTOnClose(t *testing.T) {
 	t.Logf("%d server-first closes in %v: %.0f connections/s; %d clients reset during connect",
 		total, took.Round(time.Millisecond), total/took.Seconds(), dialResets.Load())
 
-	waitStates(t, p, nil, map[State]int{})
-	socks, err := Sockets(p)
-	require.NoError(t, err)
-	require.Len(t, socks, 1, "only the listener is left on port %d: %v", p, socks)
+	// Only the listener is left on its address: other sockets may use
+	// the port number on other addresses.
+	local := netip.AddrPortFrom(loadHost, uint16(p))
+	var socks []Socket
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		all, err := Sockets(p)
+		require.NoError(t, err)
+		socks = slices.DeleteFunc(all, func(s Socket) bool { return s.Local != local })
+		if len(socks) == 1 || time.Now().After(deadline) {
+			break
+		}
+	}
+	require.Len(t, socks, 1, "only the listener is left on %v: %v", local, socks)
 	require.Equal(t, StateListen, socks[0].State)
 
 	require.NoError(t, ln.Close())

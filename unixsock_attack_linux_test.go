@@ -248,7 +248,7 @@ func TestUnix_AttackSymlinkFlip(t *testing.T) {
 					ln.(*net.UnixListener).SetUnlinkOnClose(false)
 					ln.Close()
 				} else {
-					reasons[requireAddrInUse(t, err).reason]++
+					reasons[requireAddrInUse(t, err).Diagnosis().Reason]++
 				}
 				require.Equal(t, liveID, inode(t, livePath), "try %d: the live socket outside her directory is intact", tries)
 				if id := inode(t, herStale); id != herID {

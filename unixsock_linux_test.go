@@ -64,7 +64,7 @@ func answers(t *testing.T, network, path string) {
 func requireUnixInUse(t *testing.T, err error, r Reason) string {
 	t.Helper()
 	e := requireAddrInUse(t, err)
-	assert.Equal(t, r, e.reason, "reason of %q", e.Error())
+	assert.Equal(t, r, e.Diagnosis().Reason, "reason of %q", e.Error())
 	return e.Error()
 }
 
@@ -273,7 +273,7 @@ func TestUnix_ConcurrentStartsOnStalePath(t *testing.T) {
 				// Between the winner's bind and listen, its socket is
 				// bound without listening; after, it answers.
 				e := requireAddrInUse(t, r.err)
-				assert.Contains(t, []Reason{ReasonListener, ReasonBound}, e.reason, "%v", e)
+				assert.Contains(t, []Reason{ReasonListener, ReasonBound}, e.Diagnosis().Reason, "%v", e)
 				continue
 			}
 			winners = append(winners, r.ln)

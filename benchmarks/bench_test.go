@@ -6,10 +6,15 @@
 package benchmarks
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,6 +62,51 @@ func BenchmarkListen(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// BenchmarkListenInUse: one Listen that fails because a live listener holds
+// the address, with 2,000 descriptors open in the process, as in a server
+// that looks for a free port. reuse's error reads the socket table only
+// when its message is asked for; impl=reuse-message asks for it.
+func BenchmarkListenInUse(b *testing.B) {
+	const open = 2000
+	for range open / 2 {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pr.Close()
+		defer pw.Close()
+	}
+	held, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer held.Close()
+	addr := held.Addr().String()
+	for _, impl := range []struct {
+		name   string
+		listen func() error
+	}{
+		{"net", func() error { _, err := net.Listen("tcp4", addr); return err }},
+		{"reuse", func() error { _, err := reuse.Listen("tcp4", addr); return err }},
+		{"reuse-message", func() error {
+			_, err := reuse.Listen("tcp4", addr)
+			if err != nil {
+				_ = err.Error()
+			}
+			return err
+		}},
+	} {
+		b.Run("impl="+impl.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := impl.listen(); !errors.Is(err, syscall.EADDRINUSE) {
+					b.Fatalf("want address in use, got %v", err)
+				}
+			}
+		})
 	}
 }
 
@@ -126,24 +176,49 @@ func churn(ln net.Listener, addr string, closeServer func(*net.TCPConn) error) e
 // settled: no connection of the port is still closing.
 func timeWait(b *testing.B, port int) int {
 	for deadline := time.Now().Add(2 * time.Second); ; {
-		socks, err := reuse.Sockets(port)
-		if err != nil {
-			b.Fatal(err)
-		}
-		tw, closing := 0, 0
-		for _, s := range socks {
-			switch s.State {
-			case reuse.StateTimeWait:
-				tw++
-			case reuse.StateFinWait1, reuse.StateFinWait2, reuse.StateLastAck, reuse.StateClosing:
-				closing++
-			}
-		}
+		states := tcp4States(b, port)
+		closing := states[stateFinWait1] + states[stateFinWait2] + states[stateLastAck] + states[stateClosing]
 		if closing == 0 || time.Now().After(deadline) {
-			return tw
+			return states[stateTimeWait]
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TCP states as /proc/net/tcp numbers them (include/net/tcp_states.h).
+const (
+	stateFinWait1 = 4
+	stateFinWait2 = 5
+	stateTimeWait = 6
+	stateLastAck  = 9
+	stateClosing  = 11
+)
+
+// tcp4States counts the IPv4 TCP sockets on local port port by state, from
+// /proc/net/tcp: the library's census is internal to its module.
+func tcp4States(b *testing.B, port int) map[int]int {
+	f, err := os.Open("/proc/net/tcp")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	suffix := fmt.Sprintf(":%04X", port)
+	m := map[int]int{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// sl local_address rem_address st ...
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasSuffix(f[1], suffix) {
+			continue
+		}
+		if st, err := strconv.ParseUint(f[3], 16, 8); err == nil {
+			m[int(st)]++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return m
 }
 
 // BenchmarkRebind: Listen and Close on a port that already holds N TIME_WAIT

@@ -15,11 +15,13 @@ benchstat="go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9
 echo "# $(uname -sr), $(nproc) cores, $(go version | cut -d' ' -f3), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# raw results: $out"
 {
-	# Sockets first, while the table holds only its own 10,000 sockets: the
+	# The census first, while the table holds only its own sockets: the
 	# other benchmarks leave tens of thousands of TIME_WAIT entries behind,
-	# which every netlink query (ss's too) then walks.
-	(cd .. && go test -run '^$' -bench '^BenchmarkSockets$' -count="$count" .)
+	# which every netlink query (ss's too) then walks. It is internal to the
+	# library's module, so it runs from there.
+	(cd ../internal/census && go test -run '^$' -bench '^(BenchmarkSockets|BenchmarkBusyPort)$' -count="$count" .)
 	go test -run '^$' -bench '^BenchmarkListen$' -benchmem -count="$count" .
+	go test -run '^$' -bench '^BenchmarkListenInUse$' -benchmem -count="$count" .
 	# 5000 connections a run: each run of net-default leaves that many
 	# TIME_WAIT entries, and the kernel keeps tcp_max_tw_buckets at most.
 	go test -run '^$' -bench '^BenchmarkAcceptClose$' -benchtime=5000x -benchmem -count="$count" .
@@ -30,14 +32,20 @@ echo
 echo "## Listen: one Listen+Close on 127.0.0.1:0; columns are implementations, ratios against net"
 $benchstat -filter '.name:Listen' -col /impl "$out"
 echo
+echo "## ListenInUse: a Listen that fails on a port a live listener holds, 2,000 fds open; ratios against net"
+$benchstat -filter '.name:ListenInUse' -col /impl "$out"
+echo
 echo "## AcceptClose: server closes first; ratios against a per-connection SetLinger(0)"
 $benchstat -filter '.name:AcceptClose' -col '/impl@(net-setlinger-per-conn net-default reuse-rst)' "$out"
 echo
 echo "## Rebind: Listen+Close on a port that holds N TIME_WAIT entries"
 $benchstat -filter '.name:Rebind' -col /impl "$out"
 echo
-echo "## Sockets(port) against ss -tanH '( sport = :P )' on the same table (ratio-vs-ss)"
+echo "## census.Read(port) against ss -tanH '( sport = :P )' on the same table (ratio-vs-ss)"
 $benchstat -filter '.name:Sockets' "$out"
+echo
+echo "## census of a port with 15,000 connections: Read with owners, netlink and /proc alone"
+$benchstat -filter '.name:BusyPort' -col /src "$out"
 
 echo
 echo "## setsockopt calls per accepted connection (strace -c; Go's Accept itself makes some)"

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/safelisten/reuse"
+	"github.com/safelisten/reuse/internal/census"
 )
 
 // closeOrder is one way of ending the demo's connection.
@@ -58,15 +59,15 @@ type row struct {
 	clientRead string // after the server's close: "EOF", "connection reset"; "-" if the client closed first
 	serverPort string // states on the server's address, "nothing", or "n/a" without a socket table
 	relisten   string // "ok", "address already in use", or another error as is
+	tries      int    // how many fresh ports it took: another socket can take a port between Close and re-listen
 }
 
 const (
 	readTimeout   = 2 * time.Second
 	censusTimeout = time.Second
 	censusEvery   = 5 * time.Millisecond
+	maxTries      = 5
 )
-
-var loopback = netip.MustParseAddr("127.0.0.1")
 
 func main() {
 	if err := run(os.Stdout); err != nil {
@@ -108,7 +109,7 @@ func measure() ([]row, error) {
 	var rows []row
 	for _, o := range orders {
 		for _, on := range []bool{true, false} {
-			r, err := demo(o, on)
+			r, err := measureRow(o, on)
 			if err != nil {
 				return nil, fmt.Errorf("%v, SO_REUSEADDR %s: %w", o, onOff(on), err)
 			}
@@ -118,9 +119,35 @@ func measure() ([]row, error) {
 	return rows, nil
 }
 
+// errForeign says that a socket other than the demo's own was on its port,
+// which makes the row say nothing about the close order.
+var errForeign = errors.New("another socket used the port")
+
+// measureRow runs demo on fresh ports until no other socket got in its way.
+func measureRow(o closeOrder, reuseAddr bool) (row, error) {
+	for try := 1; ; try++ {
+		r, err := demo(o, reuseAddr)
+		r.tries = try
+		if !errors.Is(err, errForeign) {
+			return r, err
+		}
+		if try == maxTries {
+			return r, fmt.Errorf("%d fresh ports in a row: %w", maxTries, err)
+		}
+	}
+}
+
+// between, when not nil, runs after the closes and before the re-listen,
+// with the row and the demo's server address, and what it returns runs when
+// the demo ends: the tests put a stranger's socket on the port in between.
+var between func(r row, addr string) (undo func())
+
 // demo opens one connection on a fresh port, closes it in order o, and looks
-// at what the closes left on the server's port. Closing twice is harmless, so
-// the defers close whatever an early return leaves open.
+// at what the closes left on the server's port. It returns errForeign when a
+// socket not its own was in the way of its address, on it or on a wildcard,
+// before or after the re-listen: another program's, or a client socket given
+// that port number. Closing twice is harmless, so the defers
+// close whatever an early return leaves open.
 func demo(o closeOrder, reuseAddr bool) (r row, err error) {
 	r = row{order: o, reuseAddr: reuseAddr, clientRead: "-"}
 	ctx := context.Background()
@@ -183,12 +210,29 @@ func demo(o closeOrder, reuseAddr bool) (r row, err error) {
 	}
 	ln.Close()
 
-	if r.serverPort, err = census(port, o.settled()); err != nil {
+	// The server's side of the connection is the only socket the port may hold.
+	own := func(s census.Socket) bool {
+		return s.Local == addrPort(server.LocalAddr()) && s.Remote == addrPort(server.RemoteAddr())
+	}
+	if r.serverPort, err = watch(port, o.settled(), own); err != nil {
 		return r, err
 	}
-	r.relisten = relisten(addr, reuseAddr)
+	if between != nil {
+		defer between(r, addr)()
+	}
+	if r.relisten, err = relisten(addr, reuseAddr, own); err != nil {
+		return r, err
+	}
+	if _, err := onPort(port, own); err != nil {
+		return r, err
+	}
 	client.Close() // clientOpen: only now, after the re-listen
 	return r, nil
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	ap := a.(*net.TCPAddr).AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // read reads one byte from c with a deadline; want says a byte is expected.
@@ -230,14 +274,14 @@ func describe(err error) string {
 	return err.Error()
 }
 
-// census polls the socket table until the server's port shows want, or the
+// watch polls the socket table until the server's port shows want, or the
 // deadline passes, and returns what it shows then. Loopback is fast, but a
 // Close returns before the peer has processed the FIN, so one look right after
 // the closes could see a passing state (FIN_WAIT1, LAST_ACK).
-func census(port int, want string) (string, error) {
+func watch(port int, want string, own func(census.Socket) bool) (string, error) {
 	deadline := time.Now().Add(censusTimeout)
 	for {
-		got, err := onPort(port)
+		got, err := onPort(port, own)
 		if errors.Is(err, errors.ErrUnsupported) {
 			return "n/a", nil // no socket table on this OS
 		}
@@ -248,19 +292,20 @@ func census(port int, want string) (string, error) {
 	}
 }
 
-// onPort lists the states of the sockets on 127.0.0.1:port, the address a
-// re-listen has to bind, leaving out listeners: the old one is closed, and
-// what blocks the bind is what its connections left behind.
-func onPort(port int) (string, error) {
-	ss, err := reuse.Sockets(port)
+// onPort lists the states of the sockets in the way of a bind of
+// 127.0.0.1:port: with the listener closed, what its connection left behind.
+// It returns errForeign if one of them is not one that own picks.
+func onPort(port int, own func(census.Socket) bool) (string, error) {
+	t, err := census.Read(census.Query{Port: uint16(port), Match: inTheWay})
 	if err != nil {
 		return "", err
 	}
 	var states []string
-	for _, s := range ss {
-		if s.Local.Addr().Unmap() == loopback && s.State != reuse.StateListen {
-			states = append(states, s.State.String())
+	for _, s := range t.Sockets {
+		if !own(s) {
+			return "", fmt.Errorf("%w: %v %v -> %v", errForeign, s.State, s.Local, s.Remote)
 		}
+		states = append(states, s.State.String())
 	}
 	if len(states) == 0 {
 		return "nothing", nil
@@ -269,18 +314,41 @@ func onPort(port int) (string, error) {
 	return strings.Join(states, ", "), nil
 }
 
+// inTheWay reports whether s is on a local address that can block a bind
+// of 127.0.0.1 on its port, as the demo's own sockets are: 127.0.0.1
+// itself, or a wildcard that takes IPv4. Sockets on other addresses of the
+// port (127.0.0.2, ::1) change nothing in a row.
+func inTheWay(s census.Socket) bool {
+	a := s.Local.Addr().Unmap()
+	return a == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || a.IsUnspecified() && s.V6Only != census.V6OnlyOn
+}
+
 // relisten tries what a restarted server does: listen on the same address
-// and port at once, with the same SO_REUSEADDR setting as before.
-func relisten(addr string, reuseAddr bool) string {
+// and port at once, with the same SO_REUSEADDR setting as before. When the
+// port is taken, the error's diagnosis must name only the demo's own
+// socket: else it returns errForeign.
+func relisten(addr string, reuseAddr bool, own func(census.Socket) bool) (string, error) {
 	ln, err := reuse.Listen("tcp4", addr, reuse.WithReuseAddr(reuseAddr))
 	switch {
 	case err == nil:
 		ln.Close()
-		return "ok"
-	case reuse.IsAddrInUse(err):
-		return "address already in use"
+		return "ok", nil
+	case !reuse.IsAddrInUse(err):
+		return err.Error(), nil
 	}
-	return err.Error()
+	var inUse *reuse.AddrInUseError
+	if errors.As(err, &inUse) {
+		d := inUse.Diagnosis()
+		if d.Reason == reuse.ReasonGone {
+			return "", fmt.Errorf("%w: re-listen: %v", errForeign, err)
+		}
+		for _, h := range d.Holders {
+			if !own(census.Socket{Local: h.Local, Remote: h.Remote}) {
+				return "", fmt.Errorf("%w: re-listen: %v", errForeign, err)
+			}
+		}
+	}
+	return "address already in use", nil
 }
 
 func onOff(b bool) string {

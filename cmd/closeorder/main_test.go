@@ -1,18 +1,20 @@
 //go:build linux
 
-// The expected rows are Linux's: other systems have no socket table for
-// reuse.Sockets, and their TIME_WAIT rules differ.
+// The expected rows are Linux's: other systems have no socket table for the
+// census, and their TIME_WAIT rules differ.
 
 package main
 
 import (
 	"bytes"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 // want is what each close order must show on Linux, for SO_REUSEADDR on and off.
@@ -67,6 +69,9 @@ func TestRows(t *testing.T) {
 			seen[r.order] = map[bool]bool{}
 		}
 		seen[r.order][r.reuseAddr] = true
+		if r.tries > 1 {
+			t.Logf("%v, SO_REUSEADDR %s: measured %d times: another socket used its port", r.order, onOff(r.reuseAddr), r.tries)
+		}
 		got := row{clientRead: r.clientRead, serverPort: r.serverPort, relisten: r.relisten}
 		if got != w {
 			t.Errorf("%v, SO_REUSEADDR %s:\n got client read %q, server port %q, re-listen %q\nwant client read %q, server port %q, re-listen %q",
@@ -137,4 +142,70 @@ func openFDs(t *testing.T) int {
 		t.Skipf("cannot count descriptors: %v", err)
 	}
 	return len(ents)
+}
+
+// TestRows_ForeignSocket: a socket that is not the demo's own shows up on
+// its port between the closes and the re-listen, on the demo's address or
+// on the wildcard, where it can bind (with SO_REUSEADDR, past the demo's
+// TIME_WAIT), else on another local address, which changes nothing. A row
+// notices one in its way and is measured again on a fresh port, and every
+// row is right.
+func TestRows_ForeignSocket(t *testing.T) {
+	type key struct {
+		o  closeOrder
+		on bool
+	}
+	placed, inWay := map[key]bool{}, map[key]bool{}
+	between = func(r row, addr string) func() {
+		if placed[key{r.order, r.reuseAddr}] {
+			return func() {} // once per row
+		}
+		placed[key{r.order, r.reuseAddr}] = true
+		ap := netip.MustParseAddrPort(addr)
+		// Other programs' TIME_WAITs may hold the port on 127.0.0.2: all
+		// of 127/8 is loopback.
+		hosts := []netip.Addr{ap.Addr(), netip.IPv4Unspecified()}
+		for i := byte(2); i < 10; i++ {
+			hosts = append(hosts, netip.AddrFrom4([4]byte{127, 0, 0, i}))
+		}
+		for _, host := range hosts {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				t.Fatal(err)
+			}
+			if unix.Bind(fd, &unix.SockaddrInet4{Addr: host.As4(), Port: int(ap.Port())}) == nil {
+				t.Logf("%v, SO_REUSEADDR %s: a stranger bound %v", r.order, onOff(r.reuseAddr), netip.AddrPortFrom(host, ap.Port()))
+				inWay[key{r.order, r.reuseAddr}] = host == ap.Addr() || host.IsUnspecified()
+				return func() { unix.Close(fd) }
+			}
+			unix.Close(fd)
+		}
+		// Busy on every address (other programs' TIME_WAITs): the next
+		// try gets a stranger.
+		delete(placed, key{r.order, r.reuseAddr})
+		return func() {}
+	}
+	defer func() { between = nil }()
+
+	rows, err := measure()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		// More than twice when port 0 gave a port that an earlier
+		// row's TIME_WAIT still holds.
+		if !placed[key{r.order, r.reuseAddr}] {
+			t.Errorf("%v, SO_REUSEADDR %s: no stranger was placed", r.order, onOff(r.reuseAddr))
+		}
+		if inWay[key{r.order, r.reuseAddr}] && r.tries < 2 {
+			t.Errorf("%v, SO_REUSEADDR %s: measured %d times, want 2 or more", r.order, onOff(r.reuseAddr), r.tries)
+		}
+		w := want[r.order][r.reuseAddr]
+		if got := (row{clientRead: r.clientRead, serverPort: r.serverPort, relisten: r.relisten}); got != w {
+			t.Errorf("%v, SO_REUSEADDR %s: got %+v, want %+v", r.order, onOff(r.reuseAddr), got, w)
+		}
+	}
 }
