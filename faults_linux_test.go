@@ -228,7 +228,7 @@ func closedListeners(t *testing.T) map[string]net.Listener {
 	require.NoError(t, err)
 	// The listener Listen returns for WithRSTOnClose where accepted sockets
 	// do not inherit SO_LINGER (Windows, Solaris, illumos, AIX).
-	m["rstListener"] = &rstListener{plain.(*net.TCPListener)}
+	m["lingerListener"] = &lingerListener{plain.(*net.TCPListener), true}
 	m["unix"], err = Listen("unix", filepath.Join(t.TempDir(), "s.sock"))
 	require.NoError(t, err)
 	for _, ln := range m {
@@ -245,10 +245,10 @@ func TestAccept_OnAClosedListenerReturnsErrClosed(t *testing.T) {
 		c, err := ln.Accept()
 		assert.Nil(t, c, name)
 		assert.ErrorIs(t, err, net.ErrClosed, name)
-		if r, ok := ln.(*rstListener); ok {
+		if r, ok := ln.(*lingerListener); ok {
 			c, err := r.AcceptTCP()
 			assert.Nil(t, c)
-			assert.ErrorIs(t, err, net.ErrClosed, "rstListener.AcceptTCP")
+			assert.ErrorIs(t, err, net.ErrClosed, "lingerListener.AcceptTCP")
 		}
 	}
 }

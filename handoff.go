@@ -92,6 +92,7 @@ type inherited struct {
 	path      string         // unix sockets: the bound path, "@name" when abstract
 	pathFile  os.FileInfo    // the socket file at path, when there is one
 	unlink    bool           // a unix listener that removes its path on Close
+	zero      bool           // made by a Listen that asked for port 0
 }
 
 func (s *inherited) String() string {
@@ -109,15 +110,15 @@ func (s *inherited) String() string {
 // want is what a Listen or ListenPacket asks for, in the terms the inherited
 // sockets are matched in.
 type want struct {
-	network  string
-	typ      sockType
-	family   family       // 0: either inet family, as for "tcp" and "udp"
-	any      bool         // the wildcard address: "" or an unspecified IP
-	addrs    []netip.Addr // the addresses host stands for, when not any
-	port     uint16       // 0: any port
-	path     string       // unix networks
-	pathFile os.FileInfo  // the file at path, when there is one
-	noIPv6   bool         // the host has no IPv6, so "tcp" with the wildcard is IPv4
+	network     string
+	typ         sockType
+	family      family       // 0: either inet family, as for "tcp" and "udp"
+	any         bool         // the wildcard address: "" or an unspecified IP
+	addrs       []netip.Addr // the addresses host stands for, when not any
+	port        uint16       // 0: any port
+	path        string       // unix networks
+	pathFile    os.FileInfo  // the file at path, when there is one
+	noDualStack bool         // Go's "tcp" and "udp" listen IPv4 only here
 }
 
 // wantOf maps network to the socket type and family an inherited socket must
@@ -209,13 +210,19 @@ func (w *want) match(s *inherited) (ok bool, diff string) {
 		same := w.path == s.path || w.pathFile != nil && s.pathFile != nil && os.SameFile(w.pathFile, s.pathFile)
 		return w.family == s.family && w.path != "" && same, ""
 	}
-	if w.port != 0 && s.addr.Port() != w.port {
+	// Port 0 asks for a port the system picks: only a socket made for such
+	// a request is one, never one with a port of its own.
+	if w.port != 0 && s.addr.Port() != w.port || w.port == 0 && !s.zero {
 		return false, ""
 	}
 	sa := s.addr.Addr().Unmap()
 	dual := s.family == familyInet6 && !s.v6only
 	if w.any {
 		if !sa.IsUnspecified() {
+			overlaps := w.family == 0 || w.family == s.family || w.family == familyInet6 && dual
+			if w.port != 0 && overlaps {
+				return false, fmt.Sprintf("it is %v, one address, and %q asks for every address: ask for %q", s.addr, w.network, s.addr.String())
+			}
 			return false, ""
 		}
 		// A wildcard request is for one stack, or for both ("tcp", "udp").
@@ -235,7 +242,7 @@ func (w *want) match(s *inherited) (ok bool, diff string) {
 				return false, fmt.Sprintf("it is dual-stack, and %q asks for IPv6 only: ask for %q", w.network, w.network[:3])
 			}
 		default:
-			if dual || s.family == familyInet4 && w.noIPv6 {
+			if dual || s.family == familyInet4 && w.noDualStack {
 				return true, ""
 			}
 			if w.port != 0 && s.family == familyInet6 {

@@ -102,9 +102,23 @@ func inodeOf(c syscall.Conn) uint64 {
 	return st.Ino
 }
 
+// openFDs counts this process's open fds but for connections, which come
+// and go with the load: what a generation holds of its own.
 func openFDs() int {
 	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents) - 1 // the directory's own fd
+	n := 0
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		if listening, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && typ == unix.SOCK_STREAM && listening == 0 {
+			continue // a connection
+		}
+		n++
+	}
+	return n - 1 // the directory's own fd
 }
 
 // TestHelperServer is not a test: it is one generation of a server (see
@@ -159,6 +173,11 @@ func TestHelperServer(t *testing.T) {
 			os.Exit(3)
 		case "hang":
 			select {}
+		case "close-exit":
+			// A new process that fails after its Listen, and returns from
+			// main, its deferred ln.Close running.
+			ln.Close()
+			os.Exit(3)
 		}
 	}
 	sigs := make(chan os.Signal, 1)
@@ -532,7 +551,7 @@ func TestUpgrade_NewProcessFailsBeforeReady(t *testing.T) {
 	get()
 	for _, how := range []struct{ what, err string }{
 		{"exit", "exited before Ready: exit status 3"},
-		{"hang", "did not call Ready in time and was killed: context deadline exceeded"},
+		{"hang", "did not call Ready in time and was killed (signal: killed): context deadline exceeded"},
 	} {
 		require.NoError(t, os.WriteFile(filepath.Join(ctl, "next"), []byte(how.what), 0o600))
 		start := time.Now()
@@ -761,9 +780,10 @@ func TestListen_TakesSystemdSockets(t *testing.T) {
 	}
 }
 
-// TestReady_NotifiesSystemd: with NOTIFY_SOCKET set, Ready sends READY=1,
-// and a process started by Upgrade also sends its MAINPID, so that systemd
-// follows the new main process; NOTIFY_SOCKET stays for later generations.
+// TestReady_NotifiesSystemd: with NOTIFY_SOCKET set, Ready sends READY=1;
+// at each Upgrade the old main process tells systemd the new one's MAINPID
+// before it lets the new one's Ready return, so that systemd follows it
+// with NotifyAccess=main; NOTIFY_SOCKET stays for later generations.
 func TestReady_NotifiesSystemd(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "notify")
 	ns, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
@@ -783,7 +803,7 @@ func TestReady_NotifiesSystemd(t *testing.T) {
 	cur := first
 	for range 2 {
 		cur = f.upgrade(cur)
-		assert.Equal(t, fmt.Sprintf("MAINPID=%d\nREADY=1", cur.Pid), read())
+		assert.Equal(t, fmt.Sprintf("MAINPID=%d", cur.Pid), read(), "sent by the old main process, before it answers the new one's Ready")
 	}
 	f.stop(cur)
 }
@@ -815,8 +835,9 @@ func freePort(t *testing.T) int {
 
 // inheritSocket makes a listening (or, for SOCK_DGRAM, bound) socket as
 // systemd would and hands it to this process's inheritance, as if it had
-// been passed at start. It returns the socket's address and inode.
-func inheritSocket(t *testing.T, domain, typ int, sa unix.Sockaddr, v6only bool) (unix.Sockaddr, uint64) {
+// been passed at start; zero marks it as made for a request of port 0, as
+// a parent's Upgrade does. It returns the socket's address and inode.
+func inheritSocket(t *testing.T, domain, typ int, sa unix.Sockaddr, v6only, zero bool) (unix.Sockaddr, uint64) {
 	t.Helper()
 	fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
@@ -835,7 +856,10 @@ func inheritSocket(t *testing.T, domain, typ int, sa unix.Sockaddr, v6only bool)
 	inheritance.mu.Lock()
 	before := len(inheritance.socks)
 	inheritance.mu.Unlock()
-	addInherited(fd, "", "the test", false)
+	in, ok := inspect(fd)
+	require.True(t, ok, "a socket Listen can take")
+	in.from, in.zero = "systemd", zero
+	addInherited(in, "")
 	inheritance.mu.Lock()
 	require.Len(t, inheritance.socks, before+1)
 	s := inheritance.socks[before]
@@ -930,7 +954,7 @@ func TestListen_InheritedSocketMatchedByMeaning(t *testing.T) {
 				if c.domain == unix.AF_INET6 && !haveIPv6() {
 					t.Skip("no IPv6 on this host")
 				}
-				sa, ino := inheritSocket(t, c.domain, unix.SOCK_STREAM, c.sa, c.v6only)
+				sa, ino := inheritSocket(t, c.domain, unix.SOCK_STREAM, c.sa, c.v6only, r.zero)
 				port := portOf(sa)
 				if r.zero {
 					port = "0"
@@ -950,16 +974,20 @@ func TestListen_InheritedSocketMatchedByMeaning(t *testing.T) {
 	}
 }
 
-// TestListen_InheritedSocketOptions: options that can be set after bind
-// are set on the inherited socket; one that cannot (SO_REUSEPORT) gives an
-// error naming it, and the socket stays for a Listen that fits it.
+// TestListen_InheritedSocketOptions: an inherited socket is made what a
+// new one with the options asked for would be, where that can change after
+// bind; SO_REUSEPORT cannot, and a difference there is an error naming it,
+// the socket staying for a Listen that fits it. SO_LINGER on a listener the
+// parent still shares is left alone: the new process sets it on each
+// connection it accepts.
 func TestListen_InheritedSocketOptions(t *testing.T) {
-	sa, ino := inheritSocket(t, unix.AF_INET, unix.SOCK_STREAM, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}, false)
+	lo := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+	sa, ino := inheritSocket(t, unix.AF_INET, unix.SOCK_STREAM, lo, false, false)
 	addr := hostPort("127.0.0.1", sa.(*unix.SockaddrInet4).Port)
 	_, err := Listen("tcp4", addr, WithReusePort(true))
 	require.Error(t, err)
-	assert.ErrorContains(t, err, "WithReusePort(true): the inherited socket fd ")
-	assert.ErrorContains(t, err, "SO_REUSEPORT=0, which cannot change after bind")
+	assert.ErrorContains(t, err, "the inherited socket fd ")
+	assert.ErrorContains(t, err, "was bound with SO_REUSEPORT=0, which cannot change after bind; ask for WithReusePort(false)")
 
 	var ran []string
 	ln, err := Listen("tcp4", addr, WithRSTOnClose(), WithReuseAddr(false), WithControl(func(network, address string, _ syscall.RawConn) error {
@@ -969,23 +997,50 @@ func TestListen_InheritedSocketOptions(t *testing.T) {
 	require.NoError(t, err, "the socket is still there for a Listen that fits it")
 	defer ln.Close()
 	assert.Equal(t, ino, inodeOfAny(t, ln))
-	tl := ln.(*net.TCPListener)
+	tl, ok := ln.(*net.TCPListener)
+	require.True(t, ok, "a socket from systemd is the process's own: its options are set on it")
 	assert.Equal(t, unix.Linger{Onoff: 1, Linger: 0}, getLinger(t, tl))
 	assert.Equal(t, 0, getInt(t, tl, unix.SOL_SOCKET, unix.SO_REUSEADDR))
 	assert.Equal(t, []string{"tcp4 " + addr}, ran, "WithControl runs on the inherited socket")
+
+	// The same from a parent's Upgrade, with SO_LINGER {1,0} set by the
+	// parent: a Listen without WithRSTOnClose must not reset its
+	// connections, nor change the listener under the parent.
+	sa, ino = inheritSocket(t, unix.AF_INET, unix.SOCK_STREAM, lo, false, false)
+	addr = hostPort("127.0.0.1", sa.(*unix.SockaddrInet4).Port)
+	inheritance.mu.Lock()
+	s := inheritance.socks[len(inheritance.socks)-1]
+	s.from = "the parent's Upgrade"
+	require.NoError(t, unix.SetsockoptLinger(s.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}))
+	inheritance.mu.Unlock()
+	ln, err = Listen("tcp4", addr)
+	require.NoError(t, err)
+	defer ln.Close()
+	assert.Equal(t, ino, inodeOfAny(t, ln))
+	ll, ok := ln.(*lingerListener)
+	require.True(t, ok, "%T: SO_LINGER is set on each accepted connection", ln)
+	assert.Equal(t, unix.Linger{Onoff: 1, Linger: 0}, getLinger(t, ll.TCPListener), "the shared listener is left as it was")
+	c, err := net.Dial("tcp4", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	setDeadline(t, ll)
+	sc, err := ll.AcceptTCP()
+	require.NoError(t, err)
+	defer sc.Close()
+	assert.Equal(t, unix.Linger{}, getLinger(t, sc), "this process's connections close with FIN, as asked")
 }
 
 // TestListenPacket_TakesInheritedUDPAndUnix: ListenPacket takes inherited
 // datagram sockets, and Listen inherited unix listeners, by address.
 func TestListenPacket_TakesInheritedUDPAndUnix(t *testing.T) {
-	sa, ino := inheritSocket(t, unix.AF_INET, unix.SOCK_DGRAM, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}, false)
+	sa, ino := inheritSocket(t, unix.AF_INET, unix.SOCK_DGRAM, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}, false, false)
 	pc, err := ListenPacket("udp", hostPort("127.0.0.1", sa.(*unix.SockaddrInet4).Port))
 	require.NoError(t, err)
 	assert.Equal(t, ino, inodeOfAny(t, pc))
 	pc.Close()
 
 	path := filepath.Join(t.TempDir(), "s.sock")
-	_, ino = inheritSocket(t, unix.AF_UNIX, unix.SOCK_STREAM, &unix.SockaddrUnix{Name: path}, false)
+	_, ino = inheritSocket(t, unix.AF_UNIX, unix.SOCK_STREAM, &unix.SockaddrUnix{Name: path}, false, false)
 	_, err = Listen("unixpacket", path)
 	require.Error(t, err, "a stream socket is not a unixpacket one: bound anew, the path is taken")
 	t.Chdir(filepath.Dir(path))

@@ -20,13 +20,22 @@ func upgrade(context.Context) error {
 func ready() error { return nil }
 
 // Nothing is inherited here.
-func takeListener(context.Context, string, string, []step, *options) (net.Listener, bool, error) {
-	return nil, false, nil
+func takeListener(context.Context, string, string, *options, bool) (net.Listener, byte, error) {
+	return nil, 0, nil
 }
 
-func takePacketConn(context.Context, string, string, []step, *options) (net.PacketConn, error) {
-	return nil, nil
+func takePacketConn(context.Context, string, string, *options) (net.PacketConn, byte, error) {
+	return nil, 0, nil
 }
 
 // track: nothing to hand over where Upgrade is unsupported.
-func track(any, bool) {}
+func track(any, byte) {}
+
+// Flags of a handed-over socket, which flagOf names on every OS.
+const (
+	flagNone   = '-'
+	flagUnlink = 'u'
+	flagZero   = 'z'
+)
+
+func portZero(string) bool { return false }

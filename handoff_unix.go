@@ -23,15 +23,23 @@ import (
 
 // The environment of a process started by Upgrade. Go cannot set LISTEN_PID
 // for a child (it has no hook between fork and exec), so the handoff has a
-// variable of its own: "1:<parent pid>:<flags>", one flag a socket, 'u' for a
-// unix listener that removes its path on Close and '-' for any other. Fd 3
-// carries "ready\n" to the parent and fd 4 its answer, "ok\n" or nothing;
-// the sockets follow from fd 5, in the order the parent made them.
+// variable of its own: "1:<parent pid>:<flags>", one flag a socket: 'u' for
+// a unix listener that removes its path on Close, 'z' for a socket its
+// Listen asked port 0 for, '-' for any other. Fd 3 carries "ready\n" to the
+// parent and fd 4 its answer, "ok\n" or nothing; the sockets follow from fd
+// 5, in the order the parent made them.
 const (
 	envHandoff    = "REUSE_HANDOFF"
 	handoffToFD   = 3
 	handoffFromFD = 4
 	handoffFirst  = 5
+)
+
+// Flags of a handed-over socket.
+const (
+	flagNone   = '-'
+	flagUnlink = 'u'
+	flagZero   = 'z'
 )
 
 // systemd's variables (sd_listen_fds(3)): sockets from fd 3.
@@ -51,6 +59,9 @@ var inheritance struct {
 	open                 atomic.Int32     // len(socks): Listen's check when nothing was inherited
 	parent               int              // the pid whose Upgrade started this process, or 0
 	toParent, fromParent *os.File
+	readied              bool                // Ready ran
+	answered             bool                // the parent said "ok"
+	unlinkLater          []*net.UnixListener // handed over with 'u', until the parent says "ok"
 
 	readyOnce sync.Once
 	readyErr  error
@@ -60,37 +71,61 @@ func init() { inherit() }
 
 // inherit takes the sockets of the handoff or of systemd, and removes their
 // variables from the environment, so that no child of this process takes
-// them for its own. Every inherited fd is made close-on-exec at once.
+// them for its own. Every fd it takes is made close-on-exec at once.
 func inherit() {
-	handoff, systemdPID := os.Getenv(envHandoff), os.Getenv("LISTEN_PID")
-	if handoff == "" && systemdPID == "" {
+	handoff := os.Getenv(envHandoff)
+	systemd := false
+	for _, v := range systemdEnv {
+		if _, ok := os.LookupEnv(v); ok {
+			systemd = true
+		}
+	}
+	if handoff != "" {
+		os.Unsetenv(envHandoff)
+		unsetSystemd() // Upgrade passes none: any are stale
+		inheritHandoff(handoff)
 		return
 	}
-	os.Unsetenv(envHandoff)
-	fds, names := os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_FDNAMES")
+	if systemd {
+		inheritSystemd()
+	}
+}
+
+func unsetSystemd() {
 	for _, v := range systemdEnv {
 		os.Unsetenv(v)
 	}
-	if ppid, flags, ok := parseHandoff(handoff); ok && ppid == os.Getppid() {
-		inheritance.parent = ppid
-		inheritance.toParent = inheritFD(handoffToFD, "reuse handoff to parent")
-		inheritance.fromParent = inheritFD(handoffFromFD, "reuse handoff from parent")
-		for i, fl := range []byte(flags) {
-			addInherited(handoffFirst+i, "", "the parent's Upgrade", fl == 'u')
+}
+
+// inheritHandoff takes the sockets of the Upgrade that started this process.
+func inheritHandoff(v string) {
+	ppid, flags, ok := parseHandoff(v)
+	if !ok {
+		// A handoff this version cannot read: take nothing, but pass
+		// nothing on either, as far as it goes.
+		for fd := handoffToFD; fd < handoffToFD+maxInherited && isOpen(fd); fd++ {
+			unix.CloseOnExec(fd)
 		}
 		return
 	}
-	n, err := strconv.Atoi(fds)
-	if systemdPID != strconv.Itoa(os.Getpid()) || err != nil || n <= 0 {
-		return // not for this process: a parent's, passed on by mistake
-	}
-	nameList := strings.Split(names, ":")
-	for i := range n {
-		name := ""
-		if i < len(nameList) && names != "" {
-			name = nameList[i]
+	for fd := handoffToFD; fd < handoffFirst+len(flags); fd++ {
+		if isOpen(fd) {
+			unix.CloseOnExec(fd)
 		}
-		addInherited(3+i, name, "systemd", false)
+	}
+	if ppid == os.Getppid() {
+		inheritance.parent = ppid
+		inheritance.toParent = os.NewFile(handoffToFD, "reuse handoff to parent")
+		inheritance.fromParent = os.NewFile(handoffFromFD, "reuse handoff from parent")
+	}
+	// Else the parent died before this process got here, or a wrapper that
+	// forks stands between them: nobody waits for Ready. The sockets may
+	// be the only copies left, with clients in their queues: take them.
+	for i, fl := range []byte(flags) {
+		if s, ok := inspect(handoffFirst + i); ok {
+			s.from, s.unlink, s.zero = "the parent's Upgrade", fl == flagUnlink, fl == flagZero
+			addInherited(s, "")
+		}
 	}
 }
 
@@ -101,33 +136,61 @@ func parseHandoff(v string) (ppid int, flags string, ok bool) {
 		return 0, "", false
 	}
 	ppid, err := strconv.Atoi(parts[1])
-	if err != nil || ppid <= 0 || strings.Trim(parts[2], "u-") != "" {
+	if err != nil || ppid <= 0 || strings.Trim(parts[2], "uz-") != "" || len(parts[2]) > maxInherited {
 		return 0, "", false
 	}
 	return ppid, parts[2], true
 }
 
-// inheritFD makes fd close-on-exec and wraps it, or returns nil when fd is
-// not open.
-func inheritFD(fd int, name string) *os.File {
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
-		return nil
-	}
-	unix.CloseOnExec(fd)
-	return os.NewFile(uintptr(fd), name)
-}
+// maxInherited bounds the fds read from the environment, so that a bad
+// count cannot make the program spin at start.
+const maxInherited = 1 << 12
 
-// addInherited inspects fd and keeps it if it is an inet or unix socket that
-// a Listen or ListenPacket could take; other fds are only made close-on-exec.
-func addInherited(fd int, name, from string, unlink bool) {
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+// inheritSystemd takes systemd's sockets (sd_listen_fds(3)) when they are
+// for this process and Listen can take every one of them. A program that
+// was also given a connection (Accept=yes), a FIFO or another kind of
+// socket reads them itself, with another library: then they, and the
+// variables, are left as they are.
+func inheritSystemd() {
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || err != nil || n <= 0 || n > maxInherited {
+		unsetSystemd() // not for this process: its parent's, passed on
 		return
 	}
-	unix.CloseOnExec(fd)
-	s := inherited{fd: fd, name: name, from: from, unlink: unlink}
+	var socks []inherited
+	for fd := 3; fd < 3+n; fd++ {
+		s, ok := inspect(fd)
+		if !ok {
+			return
+		}
+		socks = append(socks, s)
+	}
+	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
+	unsetSystemd()
+	for i, s := range socks {
+		unix.CloseOnExec(s.fd)
+		s.from = "systemd"
+		name := ""
+		if i < len(names) {
+			name = names[i]
+		}
+		addInherited(s, name)
+	}
+}
+
+func isOpen(fd int) bool {
+	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	return err == nil
+}
+
+// inspect reads what fd is, and reports whether it is a socket that Listen
+// or ListenPacket can take: a listening stream or seqpacket socket, or a
+// datagram one, of an inet or unix family.
+func inspect(fd int) (s inherited, ok bool) {
+	s.fd = fd
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
-		return // not a socket: a FIFO or file systemd passed, not ours
+		return s, false // not open, or not a socket
 	}
 	switch typ {
 	case unix.SOCK_STREAM:
@@ -137,11 +200,11 @@ func addInherited(fd int, name, from string, unlink bool) {
 	case unix.SOCK_SEQPACKET:
 		s.typ = typeSeqpacket
 	default:
-		return
+		return s, false
 	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
-		return
+		return s, false
 	}
 	switch sa := sa.(type) {
 	case *unix.SockaddrInet4:
@@ -156,17 +219,24 @@ func addInherited(fd int, name, from string, unlink bool) {
 			s.pathFile, _ = os.Stat(s.path)
 		}
 	default:
-		return // netlink and the like: not for Listen
+		return s, false // netlink and the like: not for Listen
 	}
 	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
 	s.listening = err == nil && v != 0
-	// Go's FileListener wants a non-blocking fd; systemd may pass blocking ones.
-	unix.SetNonblock(fd, true)
-	fname := "fd " + strconv.Itoa(fd)
+	return s, s.listening == (s.typ != typeDgram)
+}
+
+// addInherited keeps s, wrapped in its one os.File, for a Listen to take.
+func addInherited(s inherited, name string) {
+	s.name = name
+	// Go's FileListener wants a non-blocking fd; systemd may pass blocking
+	// ones. Set it here, on the fd, not later through os.File's Fd.
+	unix.SetNonblock(s.fd, true)
+	fname := "fd " + strconv.Itoa(s.fd)
 	if name != "" {
 		fname = name
 	}
-	inheritance.socks = append(inheritance.socks, &inheritedFile{inherited: s, f: os.NewFile(uintptr(fd), fname)})
+	inheritance.socks = append(inheritance.socks, &inheritedFile{inherited: s, f: os.NewFile(uintptr(s.fd), fname)})
 	inheritance.open.Add(1)
 }
 
@@ -186,7 +256,7 @@ func claim(ctx context.Context, network, address string) (*inheritedFile, error)
 		return nil, nil // net.Listen reports it as it would
 	}
 	if w.any && w.family == 0 {
-		w.noIPv6 = !haveIPv6()
+		w.noDualStack = !dualStack()
 	}
 	inheritance.mu.Lock()
 	defer inheritance.mu.Unlock()
@@ -212,12 +282,13 @@ func claim(ctx context.Context, network, address string) (*inheritedFile, error)
 }
 
 // release gives s back after a Listen failed to take it, or removes it from
-// the inherited sockets once taken.
+// the inherited sockets once taken. Once Ready has run, one given back is
+// closed, as Ready closes those that no Listen took.
 func (s *inheritedFile) release(taken bool) {
 	inheritance.mu.Lock()
 	defer inheritance.mu.Unlock()
 	s.claimed = false
-	if !taken {
+	if !taken && !inheritance.readied {
 		return
 	}
 	for i, t := range inheritance.socks {
@@ -227,58 +298,79 @@ func (s *inheritedFile) release(taken bool) {
 			break
 		}
 	}
-	s.f.Close() // the listener has its own dup
+	s.f.Close() // a taken one's listener has its own dup
 }
 
-// fit makes the inherited socket what steps and the caller's Control ask for,
-// where that can be done after bind (SO_REUSEADDR, SO_LINGER), and returns an
-// error naming the option where it cannot (SO_REUSEPORT).
-func (s *inheritedFile) fit(network string, c syscall.Conn, steps []step, o *options) error {
+// fit makes the inherited socket what a new one with o would be, where that
+// can change after bind, and returns an error naming the option where it
+// cannot. SO_LINGER on a listener that the parent shares (it accepts until it
+// drains) is not changed under it: perConn then says what Accept must set on
+// each connection instead.
+func (s *inheritedFile) fit(network string, c syscall.Conn, k kind, o *options) (perConn *bool, err error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var set []step
-	for _, st := range steps {
-		if st.opt != soReusePort && st.opt != soReusePortLB {
-			set = append(set, st)
-			continue
-		}
-		name, ok := reusePortOption(st.opt)
-		if !ok {
-			return fmt.Errorf("reuse: %v: %w", st.opt, errors.ErrUnsupported)
-		}
+	get := func(level, opt int, name string) (int, error) {
 		var v int
 		var gerr error
-		if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, name) }); err != nil {
-			return err
+		if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), level, opt) }); err != nil {
+			return 0, err
 		}
 		if gerr != nil {
-			return os.NewSyscallError("getsockopt "+st.opt.String(), gerr)
+			return 0, os.NewSyscallError("getsockopt "+name, gerr)
 		}
-		if (v != 0) != st.on {
-			return fmt.Errorf("reuse: WithReusePort(%v): the inherited socket %v was bound with %v=%d, which cannot change after bind", st.on, s, st.opt, v)
+		return v, nil
+	}
+	t := traitsOf(runtime.GOOS)
+	if rp, ok := reusePortOption(t.reusePort); ok && k != kindLocal {
+		v, err := get(unix.SOL_SOCKET, rp, t.reusePort.String())
+		if err != nil {
+			return nil, err
+		}
+		if want := o.reusePort == on; (v != 0) != want {
+			return nil, fmt.Errorf("reuse: the inherited socket %v was bound with %v=%d, which cannot change after bind; ask for WithReusePort(%v), or restart without it", s, t.reusePort, v, v != 0)
 		}
 	}
-	if o.reusePort == off {
-		// An explicit "no sharing" must not get a socket of a group.
-		if name, ok := reusePortOption(traitsOf(runtime.GOOS).reusePort); ok {
-			var v int
-			rc.Control(func(fd uintptr) { v, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, name) })
-			if v != 0 {
-				return fmt.Errorf("reuse: WithReusePort(false): the inherited socket %v was bound with SO_REUSEPORT, which cannot change after bind", s)
-			}
+	var set []step
+	if k != kindLocal {
+		set = append(set, step{soReuseAddr, reuseAddrOnUnix(k, o)})
+	}
+	if k == kindTCPListen && t.lingerInherited {
+		want := o.rstOnClose
+		l, err := lingerOf(rc)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case (l.Onoff != 0 && l.Linger == 0) == want:
+		case s.from == "systemd":
+			set = append(set, step{soLinger, want})
+		default:
+			perConn = &want
 		}
 	}
 	if err := apply(rc, set); err != nil {
-		return err
+		return nil, err
 	}
 	for _, fn := range o.controls {
 		if err := fn(goNetwork(network, s.family), s.address(), rc); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return perConn, nil
+}
+
+func lingerOf(rc syscall.RawConn) (*unix.Linger, error) {
+	var l *unix.Linger
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { l, gerr = unix.GetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER) }); err != nil {
+		return nil, err
+	}
+	if gerr != nil {
+		return nil, os.NewSyscallError("getsockopt SO_LINGER", gerr)
+	}
+	return l, nil
 }
 
 // address is the socket's address as Control is told it.
@@ -301,48 +393,85 @@ func goNetwork(network string, f family) string {
 }
 
 // take returns the inherited socket that network and address ask for, as
-// open makes it from its file, fitted to steps and o; or nil, nil when there
-// is none.
-func take(ctx context.Context, network, address string, steps []step, o *options, open func(*os.File) (io.Closer, error)) (io.Closer, *inheritedFile, error) {
+// open makes it from its file, fitted to o; or nil, nil when there is none.
+func take(ctx context.Context, network, address string, o *options, open func(*os.File) (io.Closer, error)) (io.Closer, *inheritedFile, *bool, error) {
 	s, err := claim(ctx, network, address)
 	if s == nil || err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	k, _ := kindOf(network, false)
+	var perConn *bool
 	c, err := open(s.f)
 	if err == nil {
-		if err = s.fit(network, c.(syscall.Conn), steps, o); err != nil {
+		if perConn, err = s.fit(network, c.(syscall.Conn), k, o); err != nil {
 			c.Close()
 		}
 	}
 	if err != nil {
 		s.release(false)
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	s.release(true)
-	return c, s, nil
+	return c, s, perConn, nil
 }
 
-// takeListener is take for Listen; unlink says whether a unix listener
-// removes its path on Close.
-func takeListener(ctx context.Context, network, address string, steps []step, o *options) (_ net.Listener, unlink bool, _ error) {
-	c, s, err := take(ctx, network, address, steps, o, func(f *os.File) (io.Closer, error) { return net.FileListener(f) })
+// takeListener is take for Listen. It wraps the listener when its accepted
+// connections need SO_LINGER set one by one: where they do not inherit it
+// (wrapRST), or where the listener is shared with the parent (see fit).
+func takeListener(ctx context.Context, network, address string, o *options, wrapRST bool) (net.Listener, byte, error) {
+	c, s, perConn, err := take(ctx, network, address, o, func(f *os.File) (io.Closer, error) { return net.FileListener(f) })
 	if c == nil {
-		return nil, false, err
+		return nil, 0, err
+	}
+	flag := byte(flagNone)
+	switch {
+	case s.unlink:
+		flag = flagUnlink
+	case s.zero:
+		flag = flagZero
 	}
 	if ul, ok := c.(*net.UnixListener); ok {
-		ul.SetUnlinkOnClose(s.unlink)
+		// Not until the parent said "ok": if this process fails before, the
+		// parent goes on serving on that path.
+		inheritance.mu.Lock()
+		ul.SetUnlinkOnClose(s.unlink && inheritance.answered)
+		if s.unlink && !inheritance.answered {
+			inheritance.unlinkLater = append(inheritance.unlinkLater, ul)
+		}
+		inheritance.mu.Unlock()
 	}
-	return c.(net.Listener), s.unlink, nil
+	ln := c.(net.Listener)
+	if perConn != nil {
+		return &lingerListener{ln.(*net.TCPListener), *perConn}, flag, nil
+	}
+	if wrapRST {
+		return &lingerListener{ln.(*net.TCPListener), true}, flag, nil
+	}
+	return ln, flag, nil
 }
 
 // takePacketConn is take for ListenPacket.
-func takePacketConn(ctx context.Context, network, address string, steps []step, o *options) (net.PacketConn, error) {
-	c, _, err := take(ctx, network, address, steps, o, func(f *os.File) (io.Closer, error) { return net.FilePacketConn(f) })
+func takePacketConn(ctx context.Context, network, address string, o *options) (net.PacketConn, byte, error) {
+	c, s, _, err := take(ctx, network, address, o, func(f *os.File) (io.Closer, error) { return net.FilePacketConn(f) })
 	if c == nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return c.(net.PacketConn), nil
+	flag := byte(flagNone)
+	if s.zero {
+		flag = flagZero
+	}
+	return c.(net.PacketConn), flag, nil
 }
+
+// dualStack reports whether Go's "tcp" and "udp" listen on [::] for both
+// IPv4 and IPv6 here: not on OpenBSD and DragonFly, which have no
+// IPv4-mapped addresses, nor on a host without IPv6.
+var dualStack = sync.OnceValue(func() bool {
+	if runtime.GOOS == "openbsd" || runtime.GOOS == "dragonfly" {
+		return false
+	}
+	return haveIPv6()
+})
 
 var haveIPv6 = sync.OnceValue(func() bool {
 	syscall.ForkLock.RLock()
@@ -359,12 +488,11 @@ var haveIPv6 = sync.OnceValue(func() bool {
 // Upgrade hands over while it is open. The pointers are weak, so that
 // tracking keeps nothing alive that the program dropped.
 type tracked struct {
-	tcp    weak.Pointer[net.TCPListener]
-	unix   weak.Pointer[net.UnixListener]
-	udp    weak.Pointer[net.UDPConn]
-	ugram  weak.Pointer[net.UnixConn]
-	ip     weak.Pointer[net.IPConn]
-	unlink bool // a unix listener that removes its path on Close
+	tcp   weak.Pointer[net.TCPListener]
+	unix  weak.Pointer[net.UnixListener]
+	udp   weak.Pointer[net.UDPConn]
+	ugram weak.Pointer[net.UnixConn]
+	flag  byte // flagUnlink, flagZero or flagNone
 }
 
 // conn returns the listener or conn, or nil once the GC has collected it.
@@ -378,36 +506,33 @@ func (t *tracked) conn() syscall.Conn {
 		return t.udp.Value()
 	case t.ugram.Value() != nil:
 		return t.ugram.Value()
-	case t.ip.Value() != nil:
-		return t.ip.Value()
 	}
 	return nil
 }
 
 var registry struct {
-	mu     sync.Mutex
-	socks  []tracked
-	pruned int // len(socks) after the last pruning
+	mu       sync.Mutex
+	socks    []tracked
+	pruned   int // len(socks) after the last pruning
+	upgraded int // the pid that a successful Upgrade handed them to
 }
 
 // track adds c, which Listen or ListenPacket is about to return, to what
-// Upgrade hands over; unlink says whether a unix listener removes its path
-// on Close.
-func track(c any, unlink bool) {
-	var t tracked
+// Upgrade hands over, with its flag. An ip conn is not tracked: no Listen
+// can take one.
+func track(c any, flag byte) {
+	t := tracked{flag: flag}
 	switch c := c.(type) {
 	case *net.TCPListener:
 		t.tcp = weak.Make(c)
-	case *rstListener:
+	case *lingerListener:
 		t.tcp = weak.Make(c.TCPListener)
 	case *net.UnixListener:
-		t.unix, t.unlink = weak.Make(c), unlink
+		t.unix = weak.Make(c)
 	case *net.UDPConn:
 		t.udp = weak.Make(c)
 	case *net.UnixConn:
 		t.ugram = weak.Make(c)
-	case *net.IPConn:
-		t.ip = weak.Make(c)
 	default:
 		return
 	}
@@ -426,11 +551,17 @@ func track(c any, unlink bool) {
 	registry.socks = append(registry.socks, t)
 }
 
+// portZero reports whether address asks for a port the system picks.
+func portZero(address string) bool {
+	_, port, err := net.SplitHostPort(address)
+	return err == nil && (port == "" || port == "0")
+}
+
 // handover is a dup of one tracked socket, made for the new process.
 type handover struct {
 	fd     int
 	unixLn *net.UnixListener
-	unlink bool
+	flag   byte
 }
 
 // dupTracked dups every tracked socket that is still open, in the order they
@@ -458,7 +589,7 @@ func dupTracked() ([]handover, error) {
 			closeHandovers(out)
 			return nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
 		}
-		h := handover{fd: fd, unlink: t.unlink}
+		h := handover{fd: fd, flag: t.flag}
 		h.unixLn, _ = c.(*net.UnixListener)
 		out = append(out, h)
 	}
@@ -481,15 +612,13 @@ func upgrade(ctx context.Context) error {
 	if p := inheritance.parent; p != 0 && os.Getppid() == p {
 		return fmt.Errorf("reuse: Upgrade: this process was started by the Upgrade of pid %d, which has not exited yet", p)
 	}
+	registry.mu.Lock()
+	to := registry.upgraded
+	registry.mu.Unlock()
+	if to != 0 {
+		return fmt.Errorf("reuse: Upgrade: this process upgraded to pid %d already; its sockets are that process's now", to)
+	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("reuse: Upgrade: %w", err)
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("reuse: Upgrade: %w", err)
-	}
-	dir, err := os.Getwd()
-	if err != nil {
 		return fmt.Errorf("reuse: Upgrade: %w", err)
 	}
 	hs, err := dupTracked()
@@ -497,8 +626,12 @@ func upgrade(ctx context.Context) error {
 		return fmt.Errorf("reuse: Upgrade: %w", err)
 	}
 	defer closeHandovers(hs)
+	exe, err := executable()
+	if err != nil {
+		return fmt.Errorf("reuse: Upgrade: %w", err)
+	}
 
-	child, err := startChild(exe, dir, hs)
+	child, err := startChild(exe, hs)
 	if err != nil {
 		return fmt.Errorf("reuse: Upgrade: %w", err)
 	}
@@ -508,10 +641,12 @@ func upgrade(ctx context.Context) error {
 	}
 	for _, h := range hs {
 		if h.unixLn != nil {
-			// The path is the new process's now.
-			h.unixLn.SetUnlinkOnClose(false)
+			h.unixLn.SetUnlinkOnClose(false) // the path is the new process's now
 		}
 	}
+	registry.mu.Lock()
+	registry.upgraded = child.pid
+	registry.mu.Unlock()
 	return nil
 }
 
@@ -526,7 +661,10 @@ type upgradeChild struct {
 	readErr error
 }
 
-func startChild(exe, dir string, hs []handover) (*upgradeChild, error) {
+// startChild starts exe with this process's arguments, working directory
+// (not by its path: the directory itself, which may have been renamed or
+// removed since), standard fds and environment, and the sockets of hs.
+func startChild(exe string, hs []handover) (*upgradeChild, error) {
 	fromR, fromW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -540,27 +678,24 @@ func startChild(exe, dir string, hs []handover) (*upgradeChild, error) {
 	defer toR.Close()
 	files := make([]uintptr, 0, handoffFirst+len(hs))
 	for fd := range 3 {
-		f, err := stdio(fd)
+		if isOpen(fd) {
+			files = append(files, uintptr(fd))
+			continue
+		}
+		null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 		if err != nil {
 			fromR.Close()
 			toW.Close()
 			return nil, err
 		}
-		if f != nil {
-			defer f.Close()
-			files = append(files, f.Fd())
-		} else {
-			files = append(files, uintptr(fd))
-		}
+		defer null.Close()
+		files = append(files, null.Fd())
 	}
 	files = append(files, fromW.Fd(), toR.Fd())
 	flags := make([]byte, len(hs))
 	for i, h := range hs {
 		files = append(files, uintptr(h.fd))
-		flags[i] = '-'
-		if h.unlink {
-			flags[i] = 'u'
-		}
+		flags[i] = h.flag
 	}
 	argv := os.Args
 	if len(argv) == 0 {
@@ -573,7 +708,7 @@ func startChild(exe, dir string, hs []handover) (*upgradeChild, error) {
 			env = append(env, kv)
 		}
 	}
-	pid, _, err := syscall.StartProcess(exe, argv, &syscall.ProcAttr{Dir: dir, Env: env, Files: files})
+	pid, _, err := syscall.StartProcess(exe, argv, &syscall.ProcAttr{Env: env, Files: files})
 	if err != nil {
 		fromR.Close()
 		toW.Close()
@@ -606,37 +741,34 @@ func isSystemdVar(k string) bool {
 	return false
 }
 
-// stdio returns /dev/null for a standard fd that is not open, so that the
-// child's starts with one, or nil when fd is open.
-func stdio(fd int) (*os.File, error) {
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
-		return nil, nil
-	}
-	return os.OpenFile(os.DevNull, os.O_RDWR, 0)
-}
-
-// waitReady waits for the child's Ready and answers it. If the child exits,
-// or ctx ends, first, it kills the child, reaps it, and says which.
+// waitReady waits for the child's Ready and answers it. Under systemd it
+// first tells systemd that the child is the main process now, while this
+// process still is, so that NotifyAccess=main suffices; if that fails, the
+// child is killed as when it fails. If the child exits, or ctx ends, first,
+// it kills the child, reaps it, and says which.
 func (c *upgradeChild) waitReady(ctx context.Context) error {
 	select {
 	case <-c.read:
-		if c.readErr == nil {
-			if _, err := c.toW.Write([]byte("ok\n")); err == nil {
-				return nil
-			}
+		if c.readErr != nil {
+			// The child closed its end: it has exited, or is about to.
+			return fmt.Errorf("the new process (pid %d) exited before Ready: %s", c.pid, c.reap(ctx.Done()))
 		}
-		// The child closed its end: it has exited, or is about to.
-		state := c.kill(ctx)
-		return fmt.Errorf("the new process (pid %d) exited before Ready: %s", c.pid, state)
+		if err := sdNotify("MAINPID=" + strconv.Itoa(c.pid)); err != nil {
+			return fmt.Errorf("%w; the new process (pid %d) was killed: %s", err, c.pid, c.reap(now))
+		}
+		if _, err := c.toW.Write([]byte("ok\n")); err != nil {
+			sdNotify("MAINPID=" + strconv.Itoa(os.Getpid())) // back to this process
+			return fmt.Errorf("the new process (pid %d) exited at Ready: %s", c.pid, c.reap(ctx.Done()))
+		}
+		return nil
 	case <-ctx.Done():
-		c.kill(nil)
-		return fmt.Errorf("the new process (pid %d) did not call Ready in time and was killed: %w", c.pid, ctx.Err())
+		return fmt.Errorf("the new process (pid %d) did not call Ready in time and was killed (%s): %w", c.pid, c.reap(now), ctx.Err())
 	}
 }
 
-// kill waits for the child to exit, for as long as ctx allows (nil: not at
-// all), then kills it, and reaps it. It returns how the child ended.
-func (c *upgradeChild) kill(ctx context.Context) string {
+// reap waits for the child to exit until wait is closed, then kills it, and
+// waits for it. It returns how the child ended.
+func (c *upgradeChild) reap(wait <-chan struct{}) string {
 	c.fromR.Close()
 	<-c.read
 	done := make(chan *os.ProcessState, 1)
@@ -645,13 +777,9 @@ func (c *upgradeChild) kill(ctx context.Context) string {
 		done <- st
 	}()
 	var st *os.ProcessState
-	if ctx != nil {
-		select {
-		case st = <-done:
-		case <-ctx.Done():
-		}
-	}
-	if st == nil {
+	select {
+	case st = <-done:
+	case <-wait:
 		c.proc.Kill()
 		st = <-done
 	}
@@ -661,10 +789,34 @@ func (c *upgradeChild) kill(ctx context.Context) string {
 	return st.String()
 }
 
+// now is a closed channel: reap(now) kills at once.
+var now = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
 func (c *upgradeChild) close() {
 	c.fromR.Close()
 	c.toW.Close()
 	c.proc.Release()
+}
+
+// sdNotify sends msg to systemd's notify socket, when there is one.
+func sdNotify(msg string) error {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	if sock == "" {
+		return nil
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err == nil {
+		_, err = c.Write([]byte(msg))
+		c.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("notify systemd at NOTIFY_SOCKET=%s: %w", sock, err)
+	}
+	return nil
 }
 
 func ready() error {
@@ -675,57 +827,51 @@ func ready() error {
 func readyOnce() error {
 	defer closeUnclaimed()
 	if inheritance.toParent != nil {
-		if err := tellParent(); err != nil {
-			return err
-		}
+		// The parent told systemd, if there is one, that this process is
+		// the main one now.
+		return tellParent()
 	}
-	sock := os.Getenv("NOTIFY_SOCKET")
-	if sock == "" {
-		return nil
-	}
-	msg := "READY=1"
-	if inheritance.parent != 0 {
-		msg = "MAINPID=" + strconv.Itoa(os.Getpid()) + "\n" + msg
-	}
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err == nil {
-		_, err = c.Write([]byte(msg))
-		c.Close()
-	}
-	if err != nil {
-		return fmt.Errorf("reuse: Ready: notify systemd at NOTIFY_SOCKET=%s: %w", sock, err)
+	if err := sdNotify("READY=1"); err != nil {
+		return fmt.Errorf("reuse: Ready: %w", err)
 	}
 	return nil
 }
 
 // tellParent tells the parent's Upgrade that this process serves, and waits
-// for its answer: "ok", or nothing if it gave up on this process.
+// for its answer: "ok", or nothing if it gave up on this process. After
+// "ok", unix listeners handed over remove their paths on Close again, as
+// net.Listen's do.
 func tellParent() error {
 	to, from := inheritance.toParent, inheritance.fromParent
 	defer to.Close()
-	if from == nil {
-		return errors.New("reuse: Ready: the handoff from the parent is missing fd 4")
-	}
 	defer from.Close()
 	var b [len("ok\n")]byte
 	_, err := to.Write([]byte("ready\n"))
 	if err == nil {
 		_, err = io.ReadFull(from, b[:])
 	}
-	if err == nil && string(b[:]) == "ok\n" {
-		return nil
+	if err != nil || string(b[:]) != "ok\n" {
+		return fmt.Errorf("reuse: Ready: the Upgrade of pid %d gave up on this process (its context ended, or it exited)", inheritance.parent)
 	}
-	return fmt.Errorf("reuse: Ready: the Upgrade of pid %d gave up on this process (its context ended, or it exited)", inheritance.parent)
+	inheritance.mu.Lock()
+	defer inheritance.mu.Unlock()
+	inheritance.answered = true
+	for _, ul := range inheritance.unlinkLater {
+		ul.SetUnlinkOnClose(true)
+	}
+	inheritance.unlinkLater = nil
+	return nil
 }
 
 // closeUnclaimed closes the inherited sockets that no Listen took.
 func closeUnclaimed() {
 	inheritance.mu.Lock()
 	defer inheritance.mu.Unlock()
+	inheritance.readied = true
 	kept := inheritance.socks[:0]
 	for _, s := range inheritance.socks {
 		if s.claimed {
-			kept = append(kept, s) // a Listen is taking it right now
+			kept = append(kept, s) // a Listen is taking it: release closes it if it fails
 			continue
 		}
 		s.f.Close()

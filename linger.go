@@ -8,15 +8,19 @@ import (
 	"syscall"
 )
 
-// rstListener sets SO_LINGER {1, 0} on each accepted connection, for the
-// systems where accepted sockets are not known to inherit it from the
-// listener (see traitsOf). Elsewhere Listen returns the stdlib listener.
-type rstListener struct {
+// lingerListener sets SO_LINGER on each accepted connection: {1, 0} when rst
+// is set, off when not. Listen returns one where accepted sockets are not
+// known to inherit SO_LINGER from the listener (see traitsOf), and for an
+// inherited listener whose SO_LINGER differs from what was asked but which
+// the parent process still shares. Elsewhere Listen returns the stdlib
+// listener.
+type lingerListener struct {
 	*net.TCPListener
+	rst bool
 }
 
-// Accept waits for the next connection and makes its Close send RST.
-func (l *rstListener) Accept() (net.Conn, error) {
+// Accept waits for the next connection and sets its SO_LINGER.
+func (l *lingerListener) Accept() (net.Conn, error) {
 	c, err := l.AcceptTCP()
 	if err != nil {
 		return nil, err
@@ -28,7 +32,7 @@ func (l *rstListener) Accept() (net.Conn, error) {
 // cannot be set (the peer reset it already) is closed and skipped, as Go
 // ignores setsockopt errors on accepted connections: one bad connection
 // must not stop a server's Accept loop.
-func (l *rstListener) AcceptTCP() (*net.TCPConn, error) {
+func (l *lingerListener) AcceptTCP() (*net.TCPConn, error) {
 	for {
 		c, err := l.TCPListener.AcceptTCP()
 		if err != nil {
@@ -36,7 +40,7 @@ func (l *rstListener) AcceptTCP() (*net.TCPConn, error) {
 		}
 		rc, err := c.SyscallConn()
 		if err == nil {
-			err = apply(rc, []step{{soLinger, true}})
+			err = apply(rc, []step{{soLinger, l.rst}})
 		}
 		if err == nil {
 			return c, nil

@@ -37,7 +37,7 @@ func listenRST(t *testing.T, network, addr string, mptcp bool) net.Listener {
 	ln, err := Listen(network, addr, WithRSTOnClose())
 	require.NoError(t, err)
 	t.Cleanup(func() { ln.Close() })
-	require.IsType(t, &rstListener{}, ln, "Listen sets SO_LINGER on each accepted connection here")
+	require.IsType(t, &lingerListener{}, ln, "Listen sets SO_LINGER on each accepted connection here")
 	return ln
 }
 
@@ -247,7 +247,7 @@ func TestAbort_NilAndZeroValues(t *testing.T) {
 func TestRSTListener(t *testing.T) {
 	inner, err := listenTCP(t, "tcp4", "127.0.0.1:0", false)
 	require.NoError(t, err)
-	ln := &rstListener{inner}
+	ln := &lingerListener{inner, true}
 	require.Equal(t, int32(0), getLinger(t, inner).Onoff)
 	client, server := pair(t, ln)
 	assert.Equal(t, int32(1), getLinger(t, server).Onoff)

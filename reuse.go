@@ -71,16 +71,16 @@ func Listen(network, address string, opts ...Option) (net.Listener, error) {
 // resolution; cancelling it after ListenContext returns does not affect the
 // listener. A nil ctx is an error.
 func ListenContext(ctx context.Context, network, address string, opts ...Option) (net.Listener, error) {
-	lc, o, steps, wrapRST, err := listenConfig(ctx, network, false, opts)
+	lc, o, wrapRST, err := listenConfig(ctx, network, false, opts)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	ln, unlink, err := takeListener(ctx, network, address, steps, &o)
+	ln, flag, err := takeListener(ctx, network, address, &o, wrapRST)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
 	if ln == nil {
-		unlink = true // as net.Listen's unix listeners do
+		flag = flagOf(network, address)
 		if network == "unix" || network == "unixpacket" {
 			ln, err = listenUnix(ctx, &lc, network, address)
 		} else {
@@ -89,12 +89,26 @@ func ListenContext(ctx context.Context, network, address string, opts ...Option)
 		if err != nil {
 			return nil, explainAddrInUse(network, address, o.bindInfo(network, false), err)
 		}
+		if wrapRST {
+			ln = &lingerListener{ln.(*net.TCPListener), true}
+		}
 	}
-	if wrapRST {
-		ln = &rstListener{ln.(*net.TCPListener)}
-	}
-	track(ln, unlink)
+	track(ln, flag)
 	return ln, nil
+}
+
+// flagOf is how Upgrade marks a socket that Listen or ListenPacket made for
+// network and address: a unix listener removes its path on Close, as
+// net.Listen's does, and a socket for port 0 is taken again only by a
+// request for port 0.
+func flagOf(network, address string) byte {
+	switch {
+	case network == "unix" || network == "unixpacket":
+		return flagUnlink
+	case network != "unixgram" && portZero(address):
+		return flagZero
+	}
+	return flagNone
 }
 
 // ListenPacket announces on the local network address, like
@@ -118,47 +132,48 @@ func ListenPacket(network, address string, opts ...Option) (net.PacketConn, erro
 // address resolution; cancelling it after ListenPacketContext returns does
 // not affect the conn. A nil ctx is an error.
 func ListenPacketContext(ctx context.Context, network, address string, opts ...Option) (net.PacketConn, error) {
-	lc, o, steps, _, err := listenConfig(ctx, network, true, opts)
+	lc, o, _, err := listenConfig(ctx, network, true, opts)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	pc, err := takePacketConn(ctx, network, address, steps, &o)
+	pc, flag, err := takePacketConn(ctx, network, address, &o)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
 	if pc == nil {
+		flag = flagOf(network, address)
 		if pc, err = lc.ListenPacket(ctx, network, address); err != nil {
 			return nil, explainAddrInUse(network, address, o.bindInfo(network, false), err)
 		}
 	}
-	track(pc, false)
+	track(pc, flag)
 	return pc, nil
 }
 
 // listenConfig checks the network against the verb (packet or stream) and
 // the options against the network, all before a socket exists.
-func listenConfig(ctx context.Context, network string, packet bool, opts []Option) (lc net.ListenConfig, o options, steps []step, wrapRST bool, err error) {
+func listenConfig(ctx context.Context, network string, packet bool, opts []Option) (lc net.ListenConfig, o options, wrapRST bool, err error) {
 	if ctx == nil {
-		return lc, o, nil, false, errors.New("reuse: nil Context")
+		return lc, o, false, errors.New("reuse: nil Context")
 	}
 	k, ok := kindOf(network, false)
 	if !ok {
-		return lc, o, nil, false, net.UnknownNetworkError(network)
+		return lc, o, false, net.UnknownNetworkError(network)
 	}
 	isPacket := k == kindUDP || (k == kindLocal && network != "unix" && network != "unixpacket")
 	switch {
 	case packet && !isPacket:
-		return lc, o, nil, false, fmt.Errorf("reuse: network %q is not a packet network: use Listen", network)
+		return lc, o, false, fmt.Errorf("reuse: network %q is not a packet network: use Listen", network)
 	case !packet && isPacket:
-		return lc, o, nil, false, fmt.Errorf("reuse: network %q is not a stream network: use ListenPacket", network)
+		return lc, o, false, fmt.Errorf("reuse: network %q is not a stream network: use ListenPacket", network)
 	}
 	o = build(opts)
-	steps, wrapRST, err = plan(runtime.GOOS, k, &o, viaListen)
+	steps, wrapRST, err := plan(runtime.GOOS, k, &o, viaListen)
 	if err != nil {
-		return lc, o, nil, false, err
+		return lc, o, false, err
 	}
 	lc.Control = control(steps, o.controls)
-	return lc, o, steps, wrapRST, nil
+	return lc, o, wrapRST, nil
 }
 
 // bindInfo describes, for the diagnosis of a failed bind, what the socket

@@ -287,7 +287,7 @@ func TestReadBack(t *testing.T) {
 func TestListen_DefaultsAddNoControl(t *testing.T) {
 	assert.Nil(t, ListenConfig().Control)
 	for _, opts := range [][]Option{nil, {WithReuseAddr(true)}, {WithReusePort(false), WithExclusiveAddr(true)}} {
-		lc, _, _, wrap, err := listenConfig(context.Background(), "tcp", false, opts)
+		lc, _, wrap, err := listenConfig(context.Background(), "tcp", false, opts)
 		require.NoError(t, err)
 		assert.False(t, wrap)
 		assert.Nil(t, lc.Control)

@@ -101,7 +101,7 @@ func TestWindows_ListenerSockopts(t *testing.T) {
 					require.NoError(t, err)
 					defer ln.Close()
 					if name == "rst, via Listen" {
-						require.IsType(t, &rstListener{}, ln, "SO_LINGER is set on each accepted connection")
+						require.IsType(t, &lingerListener{}, ln, "SO_LINGER is set on each accepted connection")
 					}
 					assert.Equal(t, c.want, readSockopts(t, ln.(syscall.Conn)))
 				})

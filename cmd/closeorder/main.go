@@ -1,15 +1,19 @@
-// Command closeorder shows, on this machine's kernel, which side of a TCP
-// connection is left holding TIME_WAIT for each close order, and whether a
-// restarted server can then listen on its old port with and without
-// SO_REUSEADDR. It uses loopback ports that it picks itself and needs no
-// arguments:
+// Command closeorder shows, on this machine's kernel, what a restart costs
+// a TCP server and its clients. First, for each close order, which side of
+// a connection is left in TIME_WAIT and whether a restarted server can then
+// listen on its old port, with and without SO_REUSEADDR. Then, under load
+// from clients that never retry, what a plain stop-and-start restart costs
+// them against reuse.Upgrade with a drain. It uses loopback ports it picks
+// itself and finishes in seconds:
 //
 //	go run ./cmd/closeorder
+//	go run ./cmd/closeorder -restarts 10
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -70,14 +74,50 @@ const (
 )
 
 func main() {
-	if err := run(os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "closeorder:", err)
-		os.Exit(1)
+	if addr := os.Getenv(envServe); addr != "" {
+		os.Exit(serve(addr)) // a server of the restart demo: this program started by itself
 	}
+	os.Exit(cli(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// run measures every row and prints the table and the explanation to w.
-func run(w io.Writer) error {
+const usage = `usage: closeorder [-restarts N]
+
+closeorder shows, on this machine's kernel and on loopback, what a restart
+costs a TCP server and its clients:
+  - for each close order, which side keeps TIME_WAIT and whether a restarted
+    server can listen on its old port at once, with and without SO_REUSEADDR;
+  - under load from HTTP clients that never retry, the failed requests of a
+    plain stop-and-start restart against reuse.Upgrade with a drain.
+
+`
+
+// cli runs the command with args and returns its exit code.
+func cli(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("closeorder", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	restarts := fs.Int("restarts", 5, "restarts of each kind in the restart demo; 0 skips it")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	switch err := fs.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		return 2
+	case fs.NArg() > 0 || *restarts < 0:
+		fs.Usage()
+		return 2
+	}
+	if err := run(stdout, *restarts); err != nil {
+		fmt.Fprintln(stderr, "closeorder:", err)
+		return 1
+	}
+	return 0
+}
+
+// run measures every row and prints the tables and the explanation to w.
+func run(w io.Writer, restarts int) error {
 	rows, err := measure()
 	if err != nil {
 		return err
@@ -85,21 +125,44 @@ func run(w io.Writer) error {
 	fmt.Fprintln(w, "Close order and TIME_WAIT: tcp4 on 127.0.0.1, plain TCP (MPTCP off), a fresh port per row.")
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "close order\tSO_REUSEADDR\tclient read\tkernel, server port\tre-listen")
+	fmt.Fprintln(tw, "close order\tSO_REUSEADDR\tclient read\tkernel, server port\tre-listen\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%v\t%s\t%s\t%s\t%s\n", r.order, onOff(r.reuseAddr), r.clientRead, r.serverPort, r.relisten)
+		mark := ""
+		if r.order == serverFirst && r.reuseAddr {
+			mark = "<- a plain net.Listen + net/http server"
+		}
+		fmt.Fprintf(tw, "%v\t%s\t%s\t%s\t%s\t%s\n", r.order, onOff(r.reuseAddr), r.clientRead, r.serverPort, r.relisten, mark)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprint(w, `
 Why: the side that closes first keeps the connection in TIME_WAIT for 60 s on Linux. When
-that side is the server, the TIME_WAIT holds the server's port, and a listener without
-SO_REUSEADDR cannot bind it; the TIME_WAIT keeps the old listener's SO_REUSEADDR, so the
-old and the new listener both need it. A server that closed while its client is still open
-waits in FIN_WAIT2 and blocks the port the same way. SO_REUSEADDR is the fix, and
-reuse.Listen sets it by default. RST-on-close leaves nothing behind, but the client sees
-"connection reset" and data not yet sent is lost: it is a last resort.
+that side is the server (net/http closes idle keep-alive connections first), the TIME_WAIT
+holds the server's port, and a listener without SO_REUSEADDR cannot bind it; the TIME_WAIT
+keeps the old listener's SO_REUSEADDR, so the old and the new listener both need it. Go's
+net.Listen sets it itself, as reuse.Listen does. RST-on-close leaves nothing behind, but
+the client sees "connection reset" and data not yet sent is lost: it is a last resort.
+`)
+	if restarts == 0 {
+		return nil
+	}
+	rs, err := measureRestarts(restarts)
+	if errors.Is(err, errors.ErrUnsupported) {
+		fmt.Fprintf(w, "\nNo restart demo here: %v.\n", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := printRestarts(w, restarts, rs); err != nil {
+		return err
+	}
+	fmt.Fprint(w, `
+Why: a stop-and-start restart leaves a gap in which nothing listens, so connects are
+refused, and Shutdown closes idle keep-alive connections under clients that are sending.
+Upgrade hands the same listening socket to the new process, whose queue never closes, and
+the drain closes a connection only after a response that says "Connection: close".
 `)
 	return nil
 }

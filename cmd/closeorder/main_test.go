@@ -84,7 +84,7 @@ func TestRows(t *testing.T) {
 // and the explanation under the table.
 func TestRun(t *testing.T) {
 	var buf bytes.Buffer
-	if err := run(&buf); err != nil {
+	if err := run(&buf, 0); err != nil {
 		t.Fatal(err)
 	}
 	out := buf.String()
@@ -98,6 +98,9 @@ func TestRun(t *testing.T) {
 		for _, on := range []bool{true, false} {
 			w := want[o][on]
 			cells := []string{o.String(), onOff(on), w.clientRead, w.serverPort, w.relisten}
+			if o == serverFirst && on {
+				cells = append(cells, "<- a plain net.Listen + net/http server")
+			}
 			found := false
 			for _, l := range lines {
 				if strings.HasPrefix(l, o.String()+" ") && fields(l, o.String()) == strings.Join(cells[1:], "|") {
@@ -120,6 +123,26 @@ func TestRun(t *testing.T) {
 		if len(l) > 92 {
 			t.Errorf("explanation line is %d columns wide: %q", len(l), l)
 		}
+	}
+}
+
+// TestCLI: -h says what the command does; a stray argument is an error.
+func TestCLI(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := cli([]string{"-h"}, &out, &errOut); code != 0 {
+		t.Errorf("-h: exit %d", code)
+	}
+	for _, s := range []string{"usage: closeorder", "close order", "TIME_WAIT", "reuse.Upgrade", "-restarts"} {
+		if !strings.Contains(errOut.String(), s) {
+			t.Errorf("-h output lacks %q:\n%s", s, errOut.String())
+		}
+	}
+	errOut.Reset()
+	if code := cli([]string{"extra"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "usage:") {
+		t.Errorf("a stray argument: exit %d, output %q", code, errOut.String())
+	}
+	if out.Len() != 0 {
+		t.Errorf("nothing on stdout: %q", out.String())
 	}
 }
 

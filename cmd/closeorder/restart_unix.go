@@ -49,18 +49,20 @@ func serve(addr string) int {
 		return 1
 	}
 	fmt.Printf("ready %d\n", os.Getpid())
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	for sig := range sigs {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		if sig == syscall.SIGTERM {
 			srv.Shutdown(ctx)
+			cancel()
 			break
 		}
 		if err := reuse.Upgrade(ctx); err != nil {
+			cancel()
 			fmt.Printf("upgrade-failed %d %v\n", os.Getpid(), err)
 			continue
 		}
 		d.Drain(ctx, time.Second)
+		cancel()
 		break
 	}
 	fmt.Printf("exit %d\n", os.Getpid())
@@ -74,9 +76,10 @@ func measureRestarts(n int) ([]restartResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	adopted := adoptOrphans()
 	var out []restartResult
 	for _, upgrade := range []bool{false, true} {
-		r, err := restartUnderLoad(exe, n, upgrade)
+		r, err := restartUnderLoad(exe, n, upgrade, adopted)
 		if err != nil {
 			return nil, err
 		}
@@ -86,8 +89,10 @@ func measureRestarts(n int) ([]restartResult, error) {
 }
 
 // restartUnderLoad starts the server on a fresh port, sends it load, and
-// restarts it n times, by a plain stop and start or by an Upgrade.
-func restartUnderLoad(exe string, n int, upgrade bool) (restartResult, error) {
+// restarts it n times, by a plain stop and start or by an Upgrade. With
+// adopted, the servers an Upgrade started end as this process's children,
+// and it reaps them.
+func restartUnderLoad(exe string, n int, upgrade, adopted bool) (restartResult, error) {
 	r := restartResult{name: "stop, then start (plain net.Listen too)"}
 	if upgrade {
 		r.name = "reuse.Upgrade, then drain"
@@ -101,12 +106,12 @@ func restartUnderLoad(exe string, n int, upgrade bool) (restartResult, error) {
 		return r, err
 	}
 	defer pr.Close()
-	lines := make(chan string, 64)
+	lines := &serverLog{lines: make(chan string, 64)}
 	go func() {
-		defer close(lines)
+		defer close(lines.lines)
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
-			lines <- sc.Text()
+			lines.lines <- sc.Text()
 		}
 	}()
 	var procs []*exec.Cmd // the servers this process started, to reap
@@ -130,7 +135,7 @@ func restartUnderLoad(exe string, n int, upgrade bool) (restartResult, error) {
 			cmd.Process.Kill()
 			cmd.Wait()
 		}
-		for range lines { // until every server's copy of pw is closed
+		for range lines.lines { // until every server's copy of pw is closed
 		}
 	}()
 	if pid, err = start(); err != nil {
@@ -153,7 +158,7 @@ func restartUnderLoad(exe string, n int, upgrade bool) (restartResult, error) {
 	for range n {
 		if !upgrade {
 			syscall.Kill(pid, syscall.SIGTERM)
-			if _, err := waitLine(lines, "exit "+strconv.Itoa(pid)); err != nil {
+			if _, err := lines.wait("exit " + strconv.Itoa(pid)); err != nil {
 				return r, err
 			}
 			pid = 0
@@ -162,8 +167,12 @@ func restartUnderLoad(exe string, n int, upgrade bool) (restartResult, error) {
 			}
 			continue
 		}
+		old := pid
 		if pid, err = upgradeOnce(pid, lines); err != nil {
 			return r, err
+		}
+		if adopted && old != procs[0].Process.Pid {
+			reap(old)
 		}
 	}
 	r.took = time.Since(began)
@@ -178,7 +187,10 @@ func restartUnderLoad(exe string, n int, upgrade bool) (restartResult, error) {
 		}
 	}
 	syscall.Kill(pid, syscall.SIGTERM)
-	if _, err = waitLine(lines, "exit "+strconv.Itoa(pid)); err == nil {
+	if _, err = lines.wait("exit " + strconv.Itoa(pid)); err == nil {
+		if adopted && pid != procs[0].Process.Pid && upgrade {
+			reap(pid)
+		}
 		pid = 0
 	}
 	return r, err
@@ -187,16 +199,16 @@ func restartUnderLoad(exe string, n int, upgrade bool) (restartResult, error) {
 // upgradeOnce asks server pid to Upgrade and returns the new server's pid
 // once the old one has exited. A new server cannot Upgrade while its parent
 // drains, so a SIGHUP that comes too soon is sent again.
-func upgradeOnce(pid int, lines <-chan string) (int, error) {
+func upgradeOnce(pid int, lines *serverLog) (int, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		syscall.Kill(pid, syscall.SIGHUP)
-		line, err := waitLine(lines, "ready ", "upgrade-failed ")
+		line, err := lines.wait("ready ", "upgrade-failed ")
 		if err != nil {
 			return 0, err
 		}
 		if next, ok := strings.CutPrefix(line, "ready "); ok {
-			if _, err := waitLine(lines, "exit "+strconv.Itoa(pid)); err != nil {
+			if _, err := lines.wait("exit " + strconv.Itoa(pid)); err != nil {
 				return 0, err
 			}
 			return strconv.Atoi(next)
@@ -208,30 +220,50 @@ func upgradeOnce(pid int, lines <-chan string) (int, error) {
 	}
 }
 
+// serverLog is the servers' lines, as they come, and those not asked for
+// yet: the old server's "exit" can come before the new one's "ready".
+type serverLog struct {
+	lines   chan string
+	pending []string
+}
+
 // readyPID waits for a server's "ready PID" and returns the pid.
-func readyPID(lines <-chan string) (int, error) {
-	line, err := waitLine(lines, "ready ")
+func readyPID(l *serverLog) (int, error) {
+	line, err := l.wait("ready ")
 	if err != nil {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimPrefix(line, "ready "))
 }
 
-// waitLine returns the first line that starts with one of prefixes,
-// skipping others, within a minute.
-func waitLine(lines <-chan string, prefixes ...string) (string, error) {
+// wait returns the first line, pending or new, that starts with one of
+// prefixes, within a minute.
+func (l *serverLog) wait(prefixes ...string) (string, error) {
+	match := func(line string) bool {
+		for _, p := range prefixes {
+			if strings.HasPrefix(line, p) {
+				return true
+			}
+		}
+		return false
+	}
+	for i, line := range l.pending {
+		if match(line) {
+			l.pending = append(l.pending[:i], l.pending[i+1:]...)
+			return line, nil
+		}
+	}
 	timeout := time.After(time.Minute)
 	for {
 		select {
-		case l, ok := <-lines:
+		case line, ok := <-l.lines:
 			if !ok {
 				return "", errors.New("the server's output ended")
 			}
-			for _, p := range prefixes {
-				if strings.HasPrefix(l, p) {
-					return l, nil
-				}
+			if match(line) {
+				return line, nil
 			}
+			l.pending = append(l.pending, line)
 		case <-timeout:
 			return "", fmt.Errorf("no %q from the server within a minute", prefixes)
 		}
