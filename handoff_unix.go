@@ -311,22 +311,15 @@ func (s *inheritedFile) fit(network string, c syscall.Conn, k kind, o *options) 
 	if err != nil {
 		return nil, err
 	}
-	get := func(level, opt int, name string) (int, error) {
-		var v int
-		var gerr error
-		if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), level, opt) }); err != nil {
-			return 0, err
-		}
-		if gerr != nil {
-			return 0, os.NewSyscallError("getsockopt "+name, gerr)
-		}
-		return v, nil
-	}
 	t := traitsOf(runtime.GOOS)
 	if rp, ok := reusePortOption(t.reusePort); ok && k != kindLocal {
-		v, err := get(unix.SOL_SOCKET, rp, t.reusePort.String())
-		if err != nil {
+		var v int
+		var gerr error
+		if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, rp) }); err != nil {
 			return nil, err
+		}
+		if gerr != nil {
+			return nil, os.NewSyscallError("getsockopt "+t.reusePort.String(), gerr)
 		}
 		if want := o.reusePort == on; (v != 0) != want {
 			return nil, fmt.Errorf("reuse: the inherited socket %v was bound with %v=%d, which cannot change after bind; ask for WithReusePort(%v), or restart without it", s, t.reusePort, v, v != 0)
