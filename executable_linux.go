@@ -19,12 +19,12 @@ func executable() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	d, distrust, err := unixWalk(filepath.Dir(exe))
+	d, distrust, err := walkTrusted(filepath.Dir(exe))
 	if err != nil {
 		return "", err
 	}
 	defer unix.Close(d)
-	fd, st, err := unixOpenStat(d, filepath.Base(exe), unix.O_NOFOLLOW)
+	fd, st, err := openStat(d, filepath.Base(exe), unix.O_NOFOLLOW)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", exe, err)
 	}

@@ -3,7 +3,6 @@ package reuse
 import (
 	"errors"
 	"os"
-	"syscall"
 
 	"golang.org/x/sys/windows"
 )
@@ -38,10 +37,4 @@ func setsockopt(fd uintptr, s step) error {
 		return os.NewSyscallError("setsockopt "+s.opt.String(), err)
 	}
 	return nil
-}
-
-// isAddrInUse: a failed bind on Windows reports WSAEADDRINUSE (10048);
-// syscall.EADDRINUSE there is a value Go invented, kept for completeness.
-func isAddrInUse(err error) bool {
-	return errors.Is(err, windows.WSAEADDRINUSE) || errors.Is(err, syscall.EADDRINUSE)
 }

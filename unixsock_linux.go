@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -21,9 +20,6 @@ import (
 // read takes a second at most), one unlink, one bind and one listen.
 const unixLockWait = 3 * time.Second
 
-// unixMaxSymlinks is the kernel's own limit on links in one lookup.
-const unixMaxSymlinks = 40
-
 // replaceStale is called when bind found path taken. On a stale socket file,
 // one whose server died without removing it, it removes the file and binds
 // again; in every other case it returns the bind's error with what holds the
@@ -35,7 +31,7 @@ const unixMaxSymlinks = 40
 // refuses connects.
 //
 // Other users must not be able to turn this against the caller, so the
-// directory is resolved once, by unixWalk, and every later step works on
+// directory is resolved once, by walkTrusted, and every later step works on
 // the very file found there: the probe connects through the /proc link of
 // an O_PATH descriptor, and the unlink is relative to the directory's
 // descriptor and never removes a directory. Nothing is replaced unless
@@ -52,7 +48,7 @@ func replaceStale(ctx context.Context, lc *net.ListenConfig, network, path strin
 		return nil, c.inUse(err, ReasonUnknown, "not checked for a stale socket: %s does not end in a file name", path)
 	}
 	var werr error
-	c.dir, c.distrust, werr = unixWalk(dir)
+	c.dir, c.distrust, werr = walkTrusted(dir)
 	if werr != nil {
 		return nil, c.inUse(err, ReasonUnknown, "not checked for a stale socket: %v", werr)
 	}
@@ -115,7 +111,7 @@ func idOf(st *unix.Stat_t) fileID { return fileID{uint64(st.Dev), st.Ino, st.Cti
 // the kernel's table alone tells a listener from a bound socket and a stale
 // file there.
 func (c *staleCheck) examine() found {
-	fd, st, err := unixOpenStat(c.dir, c.name, unix.O_NOFOLLOW)
+	fd, st, err := openStat(c.dir, c.name, unix.O_NOFOLLOW)
 	if errors.Is(err, unix.ENOENT) {
 		return found{gone: true}
 	}
@@ -357,174 +353,8 @@ func splitUnixPath(path string) (dir, name string) {
 	return dir, name
 }
 
-// unixWalk resolves dir as the kernel does, one element at a time, with
-// openat(O_PATH|O_NOFOLLOW) from "/" or the working directory, following
-// symbolic links itself. It returns an O_PATH descriptor of the directory
-// and why someone other than this user and root could change what dir
-// resolves to ("" when no one can). No one can when every directory on the
-// way belongs to this user or root and no other user can write it, except
-// that one on the way, not the last, may be a sticky directory that others
-// can write when what the walk takes from it belongs to this user or root
-// (in a sticky directory only a file's owner can rename or remove it).
-//
-// Write permission granted by a POSIX ACL needs no separate look: with
-// named entries, the mode's group bits are the ACL's mask, which bounds
-// what every named entry grants, so a mode without group write means no
-// named user or group can write either.
-func unixWalk(dir string) (fd int, distrust string, err error) {
-	euid := uint32(os.Geteuid())
-	mistrust := func(format string, args ...any) {
-		if distrust == "" {
-			distrust = fmt.Sprintf(format, args...)
-		}
-	}
-	ours := func(uid uint32) bool { return uid == euid || uid == 0 }
-	othersWrite := func(st *unix.Stat_t) bool { return st.Mode&0o022 != 0 }
-	sticky := func(st *unix.Stat_t) bool { return othersWrite(st) && st.Mode&unix.S_ISVTX != 0 }
-	checkDir := func(st *unix.Stat_t, name string) {
-		switch {
-		case !ours(st.Uid):
-			mistrust("%s belongs to user %d", unixQuote(name), st.Uid)
-		case othersWrite(st) && !sticky(st):
-			mistrust("%s can be written by other users", unixQuote(name))
-		}
-	}
-
-	var cur int
-	var curSt unix.Stat_t
-	start := func(name string) error {
-		var err error
-		if cur, curSt, err = unixOpenStat(unix.AT_FDCWD, name, unix.O_DIRECTORY); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		checkDir(&curSt, name)
-		return nil
-	}
-	name := "."
-	if filepath.IsAbs(dir) {
-		name = "/"
-	}
-	if err := start(name); err != nil {
-		return -1, "", err
-	}
-	fail := func(err error) (int, string, error) {
-		unix.Close(cur)
-		return -1, "", err
-	}
-
-	rest := strings.Split(dir, "/")
-	links := 0
-	for len(rest) > 0 {
-		elem := rest[0]
-		rest = rest[1:]
-		switch elem {
-		case "", ".":
-			continue
-		case "..":
-			// The kernel goes to the directory's real parent, which is what
-			// openat(cur, "..") opens; at the root it stays.
-			up, st, err := unixOpenStat(cur, "..", unix.O_DIRECTORY)
-			if err != nil {
-				return fail(fmt.Errorf("%s/..: %w", unixQuote(name), err))
-			}
-			if st.Dev == curSt.Dev && st.Ino == curSt.Ino {
-				unix.Close(up)
-				continue
-			}
-			parent := filepath.Join(name, "..")
-			if sticky(&st) && !ours(curSt.Uid) {
-				mistrust("%s belongs to user %d and is in %s, which other users can write", unixQuote(name), curSt.Uid, unixQuote(parent))
-			}
-			checkDir(&st, parent)
-			unix.Close(cur)
-			cur, curSt, name = up, st, parent
-			continue
-		}
-		entry := filepath.Join(name, elem)
-		next, st, err := unixOpenStat(cur, elem, unix.O_NOFOLLOW)
-		if err != nil {
-			return fail(fmt.Errorf("%s: %w", unixQuote(entry), err))
-		}
-		if sticky(&curSt) && !ours(st.Uid) {
-			mistrust("%s belongs to user %d and is in %s, which other users can write", unixQuote(entry), st.Uid, unixQuote(name))
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFDIR:
-			checkDir(&st, entry)
-			unix.Close(cur)
-			cur, curSt, name = next, st, entry
-		case unix.S_IFLNK:
-			target, err := unixReadlink(next)
-			unix.Close(next)
-			if err != nil {
-				return fail(fmt.Errorf("%s: %w", unixQuote(entry), err))
-			}
-			if links++; links > unixMaxSymlinks {
-				return fail(fmt.Errorf("%s: %w", unixQuote(dir), os.NewSyscallError("open", unix.ELOOP)))
-			}
-			// A link in /proc (/proc/self/cwd, /proc/N/root) leads to an
-			// object, not to its text: the walk cannot follow it as the
-			// kernel does.
-			var fs unix.Statfs_t
-			if unix.Fstatfs(cur, &fs) != nil || fs.Type == unix.PROC_SUPER_MAGIC {
-				mistrust("%s is a link in /proc, which Listen does not resolve", unixQuote(entry))
-			}
-			if filepath.IsAbs(target) {
-				unix.Close(cur)
-				if err := start("/"); err != nil {
-					return -1, "", err
-				}
-				name = "/"
-			}
-			rest = append(strings.Split(target, "/"), rest...)
-		default:
-			unix.Close(next)
-			return fail(fmt.Errorf("%s: %w", unixQuote(entry), os.NewSyscallError("openat", unix.ENOTDIR)))
-		}
-	}
-	if othersWrite(&curSt) {
-		mistrust("%s can be written by other users", unixQuote(name))
-	}
-	return cur, distrust, nil
-}
-
-// unixOpenStat opens name in dir with O_PATH (which opens nothing: not a
-// device, not a named pipe) and flags, and returns the descriptor with its
-// fstat.
-func unixOpenStat(dir int, name string, flags int) (int, unix.Stat_t, error) {
-	var st unix.Stat_t
-	fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_CLOEXEC|flags, 0)
-	if err != nil {
-		return -1, st, os.NewSyscallError("openat", err)
-	}
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		return -1, st, os.NewSyscallError("fstat", err)
-	}
-	return fd, st, nil
-}
-
-// unixReadlink reads the symbolic link that the O_PATH descriptor fd holds.
-func unixReadlink(fd int) (string, error) {
-	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
-		n, err := unix.Readlinkat(fd, "", buf)
-		if err != nil {
-			return "", os.NewSyscallError("readlinkat", err)
-		}
-		if n < size {
-			return string(buf[:n]), nil
-		}
-		if size >= unix.PathMax {
-			return "", os.NewSyscallError("readlinkat", unix.ENAMETOOLONG)
-		}
-	}
-}
-
-// unixQuote returns name as it is, or quoted when it holds a character that
-// is not printable: names on the way can be chosen by other users, and end
 // up in log lines.
-func unixQuote(name string) string {
+func quoteName(name string) string {
 	for _, r := range name {
 		if !unicode.IsPrint(r) {
 			return strconv.Quote(name)

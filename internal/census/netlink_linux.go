@@ -339,19 +339,30 @@ func parseDiagMsg(payload []byte) (_ Socket, ok bool, _ error) {
 	}
 	// The kernel adds INET_DIAG_SKV6ONLY for IPv6 sockets in LISTEN and
 	// CLOSE (inet_diag_msg_attrs_fill), whatever the request's ext asks.
-	ne := binary.NativeEndian
-	for a := payload[sizeofInetDiagMsg:]; len(a) >= unix.SizeofNlAttr; {
-		l := int(ne.Uint16(a[0:2]))
-		if l < unix.SizeofNlAttr || l > len(a) {
-			return Socket{}, false, fmt.Errorf("malformed attribute: length %d, %d bytes left", l, len(a))
-		}
-		if ne.Uint16(a[2:4])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER) == inetDiagSKV6Only && l > unix.SizeofNlAttr {
+	err := eachAttr(payload[sizeofInetDiagMsg:], func(typ uint16, val []byte) {
+		if typ == inetDiagSKV6Only && len(val) > 0 {
 			s.V6Only = V6OnlyOff
-			if a[unix.SizeofNlAttr] != 0 {
+			if val[0] != 0 {
 				s.V6Only = V6OnlyOn
 			}
 		}
-		a = a[min(nlmsgAlign(l), len(a)):]
+	})
+	if err != nil {
+		return Socket{}, false, err
 	}
 	return s, true, nil
+}
+
+// eachAttr calls fn with the type and value of each netlink attribute in b.
+func eachAttr(b []byte, fn func(typ uint16, val []byte)) error {
+	ne := binary.NativeEndian
+	for len(b) >= unix.SizeofNlAttr {
+		l := int(ne.Uint16(b[0:2]))
+		if l < unix.SizeofNlAttr || l > len(b) {
+			return fmt.Errorf("malformed attribute: length %d, %d bytes left", l, len(b))
+		}
+		fn(ne.Uint16(b[2:4])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[unix.SizeofNlAttr:l])
+		b = b[min(nlmsgAlign(l), len(b)):]
+	}
+	return nil
 }

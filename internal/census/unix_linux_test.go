@@ -107,8 +107,8 @@ func unixNlMsg(typ uint16, seq uint32, body []byte) []byte {
 	return append(b, body...)
 }
 
-// TestUnixParse: replies the kernel tests above do not make on demand.
-func TestUnixParse(t *testing.T) {
+// TestUnixScan: replies the kernel tests above do not make on demand.
+func TestUnixScan(t *testing.T) {
 	want := unixVFS{ino: 7, dev: 254 << 20}
 	other := unixVFS{ino: 7, dev: 27}
 	minusEPERM := -int32(unix.EPERM)
@@ -130,7 +130,7 @@ func TestUnixParse(t *testing.T) {
 		{"length past the end", unixMsg(1, 7, &want)[:20], false, false, false, "malformed message: length 44, 20 bytes left"},
 	} {
 		var bound, listening bool
-		done, err := unixParse(c.b, 1, want, &bound, &listening)
+		done, err := eachMessage(c.b, 1, unixScan(want, &bound, &listening))
 		if c.err != "" {
 			assert.EqualError(t, err, c.err, c.name)
 			continue
