@@ -1,8 +1,16 @@
-//go:build linux
-
-package reuse
+// Command sockconst checks that every level and option number that a Go
+// module passes to a setsockopt or getsockopt call comes from
+// golang.org/x/sys, which generates them from each system's headers: the
+// stdlib's syscall package has no SO_REUSEPORT on linux/386, amd64 and arm,
+// and a hand-written 0x0F is wrong on mips, where it is 0x200.
+//
+//	go run ./sockconst -allow sockopt_windows.go=exclusiveAddrUse ../..
+//
+// It prints each finding as "file:line:col: why" and exits 1 if there is one.
+package main
 
 import (
+	"flag"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -14,71 +22,34 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"testing"
-	"testing/fstest"
-
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 )
 
-// handWrittenAllowed is the one socket constant x/sys lacks:
-// SO_EXCLUSIVEADDRUSE, which winsock2.h defines as ~SO_REUSEADDR.
-var handWrittenAllowed = map[string]string{"sockopt_windows.go": "exclusiveAddrUse"}
-
-// TestNoHandWrittenSocketConstants: every level and option number the
-// module's code passes to a setsockopt or getsockopt comes from
-// golang.org/x/sys, which generates them from each system's headers. The
-// stdlib's syscall package has no SO_REUSEPORT on linux/386, amd64 and
-// arm, and a hand-written 0x0F is wrong on mips, where it is 0x200.
-func TestNoHandWrittenSocketConstants(t *testing.T) {
-	findings, err := handWrittenSockopts(os.DirFS("."), handWrittenAllowed)
-	require.NoError(t, err)
-	assert.Empty(t, findings)
-}
-
-// TestNoHandWrittenSocketConstants_FindsThem runs the scan on code that
-// does it wrong, in each way it knows.
-func TestNoHandWrittenSocketConstants_FindsThem(t *testing.T) {
-	src := func(imports, body string) *fstest.MapFile {
-		return &fstest.MapFile{Data: []byte("package p\n\nimport (\n" + imports + "\n)\n\n" + body + "\n")}
+func main() {
+	allowed := map[string]string{}
+	flag.Func("allow", "file=name: a constant written by hand that file may use (SO_EXCLUSIVEADDRUSE, which x/sys lacks)", func(v string) error {
+		file, name, ok := strings.Cut(v, "=")
+		if !ok {
+			return fmt.Errorf("want file=name, not %q", v)
+		}
+		allowed[file] = name
+		return nil
+	})
+	flag.Parse()
+	if flag.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: sockconst [-allow file=name] module-dir")
+		os.Exit(2)
 	}
-	const xsys = `"golang.org/x/sys/unix"`
-	fsys := fstest.MapFS{
-		"go.mod":             {Data: []byte("module m\n")},
-		"literal.go":         src(xsys, `func a(fd int) { unix.SetsockoptInt(fd, unix.SOL_SOCKET, 0x0F, 1) }`),
-		"level.go":           src(xsys, `func b(fd int) { unix.SetsockoptInt(fd, 0xffff, unix.SO_REUSEADDR, 1) }`),
-		"stdlib.go":          src(`"syscall"`, `func c(fd int) { syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) }`),
-		"const.go":           src(xsys, "const soReusePortNum = 15\n\nfunc d(fd int) { unix.SetsockoptInt(fd, unix.SOL_SOCKET, soReusePortNum, 1) }"),
-		"derived.go":         src(xsys, "const derived = ^unix.SO_REUSEADDR\n\nfunc e(fd int) { unix.SetsockoptInt(fd, unix.SOL_SOCKET, derived, 1) }"),
-		"returned.go":        src(xsys, "func opt() (int, bool) { return 15, true }\n\nfunc f(fd int) { n, ok := opt(); if ok { unix.SetsockoptInt(fd, unix.SOL_SOCKET, n, 1) } }"),
-		"param.go":           src(xsys, `func g(fd, opt int) { unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, 1) }`),
-		"getsockopt.go":      src(xsys, `func h(fd int) { unix.GetsockoptInt(fd, unix.SOL_SOCKET, 15) }`),
-		"fine.go":            src(xsys, "func good() (int, bool) { if true { return unix.SO_REUSEPORT, true }; return 0, false }\n\nfunc i(fd int) { v := int(unix.SO_REUSEADDR); n, _ := good(); unix.SetsockoptInt(fd, unix.SOL_SOCKET, v|n, 1) }"),
-		"allowed.go":         src(xsys, "const exclusive = ^unix.SO_REUSEADDR\n\nfunc j(fd int) { unix.SetsockoptInt(fd, unix.SOL_SOCKET, exclusive, 1) }"),
-		"x_test.go":          src(xsys, `func k(fd int) { unix.SetsockoptInt(fd, unix.SOL_SOCKET, 15, 1) }`),
-		"testdata/t.go":      src(xsys, `func l(fd int) { unix.SetsockoptInt(fd, unix.SOL_SOCKET, 15, 1) }`),
-		"nested/go.mod":      {Data: []byte("module n\n")},
-		"nested/n.go":        src(xsys, `func m(fd int) { unix.SetsockoptInt(fd, unix.SOL_SOCKET, 15, 1) }`),
-		"sub/sockopt_sub.go": src(xsys, `func o(fd int) { unix.SetsockoptLinger(fd, unix.SOL_SOCKET, 13, nil) }`),
+	findings, err := handWrittenSockopts(os.DirFS(flag.Arg(0)), allowed)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sockconst:", err)
+		os.Exit(2)
 	}
-	got, err := handWrittenSockopts(fsys, map[string]string{"allowed.go": "exclusive"})
-	require.NoError(t, err)
-	want := []string{
-		"const.go: soReusePortNum, a constant written here",
-		"derived.go: derived, a constant written here",
-		"getsockopt.go: a number",
-		"level.go: a number",
-		"literal.go: a number",
-		"param.go: opt, a parameter",
-		"returned.go: n, from opt at returned.go: a number",
-		"stdlib.go: syscall.SOL_SOCKET, not from golang.org/x/sys",
-		"stdlib.go: syscall.SO_REUSEADDR, not from golang.org/x/sys",
-		"sub/sockopt_sub.go: a number",
+	for _, f := range findings {
+		fmt.Println(f)
 	}
-	for i := range got {
-		got[i] = regexp.MustCompile(`:\d+:\d+`).ReplaceAllString(got[i], "")
+	if len(findings) > 0 {
+		os.Exit(1)
 	}
-	assert.Equal(t, want, got)
 }
 
 var sockoptCall = regexp.MustCompile(`^(Set|Get)sockopt\w*$`)
