@@ -533,13 +533,6 @@ func upgradeAt(t *testing.T, bin, out string, between func()) string {
 	return line("UPGRADE ")
 }
 
-// copyTestBinary copies this test binary to path, mode 0755.
-func copyTestBinary(t *testing.T, path string) {
-	t.Helper()
-	src, err := os.ReadFile(os.Args[0])
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(path, src, 0o755))
-}
 
 // TestUpgrade_InARemovedDirectory: a deploy that keeps the last N releases
 // removes the directory an old server runs in. Upgrade still works: the new

@@ -11,58 +11,36 @@ import (
 )
 
 // Listen announces on the local network address, like net.Listen, with the
-// socket options that make a restart safe: on Unix SO_REUSEADDR, which Go
-// already sets on TCP listeners, and on Windows SO_EXCLUSIVEADDRUSE. opts
-// change those defaults; see Option.
+// socket options that make a restart safe (see the package's Per OS table);
+// opts change them. The network must be "tcp", "tcp4", "tcp6", "unix" or
+// "unixpacket". The result is the stdlib's *net.TCPListener or
+// *net.UnixListener, except with WithRSTOnClose where accepted sockets do
+// not inherit SO_LINGER, and for an inherited socket whose SO_LINGER differs
+// from what was asked: then its Accept and AcceptTCP set it on each
+// connection.
 //
-// The network must be "tcp", "tcp4", "tcp6", "unix" or "unixpacket"; for
-// "tcp" and an address with no host or an unspecified one, the listener
-// accepts IPv4 and IPv6 where the system allows it, as net.Listen does.
+// An inherited socket is returned instead of a new one when it is what
+// network and address ask for: one handed over by the Upgrade that started
+// this process, or one of systemd's socket activation. A host name is looked
+// up, ":8080" for "tcp" is a dual-stack [::]:8080, a unix socket is matched
+// by its path, and port 0 takes the first socket, in the order they were
+// handed over, that a Listen for port 0 made in the old process. One that
+// holds the port but differs (IPv4 only where both stacks were asked for, one
+// address where all were) is an error that says how, as is SO_REUSEPORT,
+// which cannot change after bind; the other options are set on it, and
+// WithControl functions run on it. Ready closes the inherited sockets that
+// no Listen took by then.
 //
-// A socket this process inherited is returned instead of a new one when it
-// is what network and address ask for: one handed over by the Upgrade of the
-// process that started this one, or one of systemd's socket activation
-// (LISTEN_PID, LISTEN_FDS; sd_listen_fds(3)). They are matched by what the
-// kernel says the socket is, not by the address's spelling: ":8080" for
-// "tcp" is a dual-stack [::]:8080, a host name is looked up, a unix socket
-// is matched by its path. A request for port 0 takes the first inherited
-// socket, in the order they were handed over, that is of the same network
-// and host and that no Listen took yet, so that a server whose port was
-// picked by the system gets it again after an Upgrade. An inherited socket
-// that holds the port but differs (IPv4 only where IPv4 and IPv6 were asked
-// for, a wildcard where a specific address was) is an error that says how,
-// as is an option that cannot be set after bind (WithReusePort); the others
-// are set on it, and WithControl functions run on it. The package takes
-// these sockets, and removes their variables from the environment, when the
-// program starts; Ready closes those that no Listen took.
+// For a unix socket path taken by a stale socket file, Listen may remove
+// the file and bind again: see "Stale unix sockets" in the package
+// documentation. A wait there for another process lasts until
+// ListenContext's deadline, 3 s without one.
 //
-// For TCP on Linux, Android and the BSDs the result is the stdlib's
-// *net.TCPListener, whatever the options. With WithRSTOnClose on Windows,
-// Solaris, illumos and AIX it is a listener whose Accept and AcceptTCP set
-// SO_LINGER on each connection (see WithRSTOnClose).
-//
-// For "unix" and "unixpacket", Listen binds as net.Listen does. Only when
-// the path is taken does it look, and on Linux it replaces a stale socket
-// file, one whose server died without removing it: it removes the file and
-// binds again when a connect to it is refused and no socket in this network
-// namespace is bound to it. It does so only where no user but this one and
-// root can change what the path resolves to, and only for this user's
-// socket; a live socket, one bound but not yet listening, and anything that
-// is not a socket are never touched. Two such Listens on one path wait for
-// each other on an flock of path+".lock", which exists only meanwhile:
-// nothing is left beside the socket. The wait lasts until ListenContext's
-// deadline, 3 s without one; a ctx that ends first gives its error
-// (context.Canceled or context.DeadlineExceeded, for errors.Is). Otherwise,
-// and off Linux, the error is the bind's, on Linux an *AddrInUseError that
-// says what holds the path and why it was not replaced. See "Stale unix
-// sockets" in the package documentation.
-//
-// Errors wrap a *net.OpError. A network or option that is wrong is reported
-// before any socket is created; an option the OS cannot honour gives an
-// error for which errors.Is(err, errors.ErrUnsupported) holds; a setsockopt
-// that fails names the option and keeps its errno. When the address is taken,
+// Errors wrap a *net.OpError. A wrong network or option is reported before
+// any socket exists; an option the OS cannot honour gives an error for which
+// errors.Is(err, errors.ErrUnsupported) holds. When the address is taken,
 // IsAddrInUse(err) reports true, and on Linux the error is an
-// *AddrInUseError that says what holds the port.
+// *AddrInUseError.
 func Listen(network, address string, opts ...Option) (net.Listener, error) {
 	return ListenContext(context.Background(), network, address, opts...)
 }
@@ -112,17 +90,12 @@ func flagOf(network, address string) byte {
 }
 
 // ListenPacket announces on the local network address, like
-// net.ListenPacket. The network must be "udp", "udp4", "udp6", "unixgram",
-// or an ip network such as "ip4:1".
-//
-// By default it sets no socket option beyond Go's own: SO_REUSEADDR on UDP
-// would let another socket, even another user's, receive the port's
-// datagrams. Ask for it with WithReuseAddr(true), or for balancing over a
-// group of sockets with WithReusePort(true). WithRSTOnClose is an error here.
-// For a multicast group address Go itself sets SO_REUSEADDR, which
-// WithReuseAddr(false) clears, and on the BSDs and AIX also SO_REUSEPORT,
-// which this package leaves as Go set it.
-//
+// net.ListenPacket. The network must be "udp", "udp4", "udp6", "unixgram", or
+// an ip network such as "ip4:1". By default it sets no socket option beyond
+// Go's own (for why not SO_REUSEADDR, see WithReuseAddr); for a multicast
+// group address Go itself sets SO_REUSEADDR, which WithReuseAddr(false)
+// clears, and on the BSDs and AIX also SO_REUSEPORT, which is left as Go set
+// it. It takes an inherited socket as Listen does (not for ip networks).
 // Errors are as for Listen.
 func ListenPacket(network, address string, opts ...Option) (net.PacketConn, error) {
 	return ListenPacketContext(context.Background(), network, address, opts...)
@@ -212,13 +185,9 @@ func ListenConfig(opts ...Option) *net.ListenConfig {
 // Control returns a function for net.ListenConfig.Control that applies opts
 // to each listening socket, for code that builds its own ListenConfig. It
 // chooses what to set from the network Go passes it ("tcp4", "udp6", ...).
-//
-// Unlike Listen, it can only report a wrong option when the socket already
-// exists: the error fails that Listen, and Go closes the socket. Use it for
-// listeners; for a client socket use Dial, whose defaults differ.
-// WithRSTOnClose through Control works only where accepted sockets inherit
-// SO_LINGER (Linux, Android, the BSDs); elsewhere it is an error for which
-// errors.Is(err, errors.ErrUnsupported) holds.
+// Unlike Listen, it reports a wrong option only once the socket exists: the
+// error fails that Listen, and Go closes the socket. Use it for listeners;
+// for a client socket use Dial, whose defaults differ.
 func Control(opts ...Option) func(network, address string, c syscall.RawConn) error {
 	o := build(opts)
 	return controlOf(&o)
@@ -281,19 +250,14 @@ func apply(c syscall.RawConn, steps []step) error {
 	return serr
 }
 
-// Dial connects to raddr, like net.Dial, from the local address laddr
-// (empty: the system picks one). The network must be "tcp", "tcp4", "tcp6",
-// "udp", "udp4" or "udp6".
-//
-// For TCP it sets SO_REUSEADDR before bind, so a client that reconnects from
-// a fixed local port is not refused by the TIME_WAIT its own last connection
-// left: only the local address and port are reused, and a connect to the
-// same raddr can still fail while that exact four-tuple is in TIME_WAIT.
-// WithReuseAddr(false) turns it off, WithReusePort(true) adds SO_REUSEPORT,
-// and WithRSTOnClose makes Close of this connection send RST. On Windows
-// SO_REUSEADDR is never set for TCP (see WithReuseAddr).
-//
-// Errors are as for Listen.
+// Dial connects to raddr, like net.Dial, from the local address laddr (empty:
+// the system picks one). The network must be "tcp", "tcp4", "tcp6", "udp",
+// "udp4" or "udp6". With a local address, for TCP, it sets SO_REUSEADDR, so
+// that a client that reconnects from a fixed port is not refused by the
+// TIME_WAIT its own last connection left; a connect to the same raddr can
+// still fail while that exact four-tuple is in TIME_WAIT. WithReuseAddr(false)
+// turns it off, WithReusePort(true) adds SO_REUSEPORT, and WithRSTOnClose
+// makes Close send RST. Errors are as for Listen.
 func Dial(network, laddr, raddr string, opts ...Option) (net.Conn, error) {
 	return DialContext(context.Background(), network, laddr, raddr, opts...)
 }
