@@ -533,7 +533,6 @@ func upgradeAt(t *testing.T, bin, out string, between func()) string {
 	return line("UPGRADE ")
 }
 
-
 // TestUpgrade_InARemovedDirectory: a deploy that keeps the last N releases
 // removes the directory an old server runs in. Upgrade still works: the new
 // process inherits the directory, with no path to look up.
