@@ -17,7 +17,7 @@ import (
 
 // The helpers that linger_test.go and reuse_windows_test.go need on
 // Windows, where they read Windows' own socket options and errors; the
-// portable ones are in helpers_shared_windows_test.go.
+// portable ones are in helpers_shared_test.go.
 
 // onWine reports whether the test runs under Wine, whose ntdll exports
 // wine_get_version and Windows' does not. Wine decides bind conflicts in

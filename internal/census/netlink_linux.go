@@ -94,8 +94,9 @@ type diagRequest struct {
 	cond inetDiagHostcond
 }
 
-// The sizes the kernel ABI fixes; each pair of array types below fails to
-// compile if the Go layout differs from the C one.
+// The sizes the kernel ABI fixes; each pair of array types below (for the
+// unix dump's structs too) fails to compile if the Go layout differs from the
+// C one.
 const (
 	sizeofInetDiagReqV2 = 56
 	sizeofInetDiagMsg   = 72
@@ -110,6 +111,12 @@ var (
 	_ [sizeofInetDiagMsg - unsafe.Sizeof(inetDiagMsg{})]byte
 	_ [unsafe.Sizeof(diagRequest{}) - sizeofDiagRequest]byte
 	_ [sizeofDiagRequest - unsafe.Sizeof(diagRequest{})]byte
+	_ [unsafe.Sizeof(unixDiagReq{}) - unixSizeofDiagReq]byte
+	_ [unixSizeofDiagReq - unsafe.Sizeof(unixDiagReq{})]byte
+	_ [unsafe.Sizeof(unixDiagMsg{}) - unixSizeofDiagMsg]byte
+	_ [unixSizeofDiagMsg - unsafe.Sizeof(unixDiagMsg{})]byte
+	_ [unsafe.Sizeof(unixDiagRequest{}) - unixSizeofDiagRequest]byte
+	_ [unixSizeofDiagRequest - unsafe.Sizeof(unixDiagRequest{})]byte
 )
 
 // State numbers are the kernel's own (mirrored by x/sys/unix's BPF_TCP_*

@@ -47,22 +47,13 @@ const (
 	unixStateListen = 10  // TCP_LISTEN, the state of a listening unix socket
 )
 
-// The sizes the kernel ABI fixes; each pair below fails to compile if the Go
-// layout differs from the C one.
+// The sizes the kernel ABI fixes, checked with the inet ones in
+// netlink_linux.go.
 const (
 	unixSizeofDiagReq     = 24
 	unixSizeofDiagMsg     = 16
 	unixSizeofDiagVFS     = 8
 	unixSizeofDiagRequest = unix.SizeofNlMsghdr + unixSizeofDiagReq
-)
-
-var (
-	_ [unsafe.Sizeof(unixDiagReq{}) - unixSizeofDiagReq]byte
-	_ [unixSizeofDiagReq - unsafe.Sizeof(unixDiagReq{})]byte
-	_ [unsafe.Sizeof(unixDiagMsg{}) - unixSizeofDiagMsg]byte
-	_ [unixSizeofDiagMsg - unsafe.Sizeof(unixDiagMsg{})]byte
-	_ [unsafe.Sizeof(unixDiagRequest{}) - unixSizeofDiagRequest]byte
-	_ [unixSizeofDiagRequest - unsafe.Sizeof(unixDiagRequest{})]byte
 )
 
 // unixDiagTimeout bounds the whole dump.

@@ -1,3 +1,5 @@
+//go:build linux || windows
+
 package reuse
 
 import (
@@ -9,12 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 )
-
-// Copies, for Windows, of the portable helpers in helpers_linux_test.go
-// (hosts, port, hostPort, pair, setDeadline, readErr), which that file
-// keeps Linux-only with the rest. When that file can change: rename this one
-// helpers_shared_test.go, for every OS, and delete the six from
-// helpers_linux_test.go.
 
 // hosts returns the loopback addresses to test on: 127.0.0.1 always, ::1
 // where the machine has it.
