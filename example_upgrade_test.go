@@ -61,6 +61,16 @@ func Example_upgrade() {
 	}
 }
 
+// TestHelperQuickStart is not a test: it is Example_upgrade as a server
+// process, for TestREADME_QuickStartUpgradesOnSIGHUP.
+func TestHelperQuickStart(t *testing.T) {
+	if os.Getenv("REUSE_TEST_HELPER") != "TestHelperQuickStart" || os.Getenv("REUSE_TEST_SUPERVISE") != "" {
+		t.Skip("child process only")
+	}
+	Example_upgrade()
+	os.Exit(0)
+}
+
 // TestREADME_QuickStart: README.md's quick start is Example_upgrade, as a
 // program, so that it compiles and cannot drift.
 func TestREADME_QuickStart(t *testing.T) {

@@ -2,6 +2,7 @@ package reuse
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,6 +39,8 @@ import (
 const (
 	envServer    = "REUSE_TEST_SERVER"    // a serverConfig, as JSON
 	envSupervise = "REUSE_TEST_SUPERVISE" // set for the supervisor only
+	envHelper    = "REUSE_TEST_HELPER"    // the test the supervisor runs, if not TestHelperServer
+	envNetns     = "REUSE_TEST_NETNS"     // set: the supervisor is in a network namespace of its own
 )
 
 // serverConfig is what every generation of TestHelperServer does.
@@ -56,9 +59,9 @@ type serverConfig struct {
 
 // event is one line a helper process prints.
 type event struct {
-	Event  string `json:"event"` // ready, upgrade, exit, reaped, error
+	Event  string `json:"event"` // started, ready, upgrade, exit, reaped, error
 	Pid    int    `json:"pid"`
-	Ppid   int    `json:"ppid,omitempty"`    // ready: the pid whose Upgrade started it; reaped: the pid reaped
+	Ppid   int    `json:"ppid,omitempty"`    // ready: the pid whose Upgrade started it; started, reaped: the pid started, reaped
 	Ino    uint64 `json:"ino,omitempty"`     // the listener's socket inode
 	UDPIno uint64 `json:"udp_ino,omitempty"` // the packet conn's
 	FDs    int    `json:"fds,omitempty"`     // open fds after Ready
@@ -242,13 +245,20 @@ func TestHelperSupervisor(t *testing.T) {
 		emit(event{Event: "error", Err: "PR_SET_CHILD_SUBREAPER: " + err.Error()})
 		os.Exit(2)
 	}
+	if os.Getenv(envNetns) != "" {
+		if err := loopbackUp(); err != nil {
+			emit(event{Event: "error", Err: "lo up: " + err.Error()})
+			os.Exit(2)
+		}
+	}
+	helper := cmp.Or(os.Getenv(envHelper), "TestHelperServer")
 	started, stdinClosed := make(chan struct{}, 1), make(chan struct{})
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
 		close(stdinClosed)
 	}()
 	start := func() {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperServer$")
+		cmd := exec.Command(os.Args[0], "-test.run=^"+helper+"$")
 		for _, kv := range os.Environ() {
 			if !strings.HasPrefix(kv, envSupervise+"=") {
 				cmd.Env = append(cmd.Env, kv)
@@ -259,6 +269,7 @@ func TestHelperSupervisor(t *testing.T) {
 			emit(event{Event: "error", Err: err.Error()})
 			os.Exit(2)
 		}
+		emit(event{Event: "started", Ppid: cmd.Process.Pid})
 		select {
 		case started <- struct{}{}:
 		default:
@@ -297,6 +308,25 @@ func TestHelperSupervisor(t *testing.T) {
 	}
 }
 
+// loopbackUp sets lo up, as a new network namespace has it down; the kernel
+// then gives it 127.0.0.1 and ::1.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
 func waitStatus(ws unix.WaitStatus) string {
 	if ws.Signaled() {
 		return "signal " + ws.Signal().String()
@@ -324,8 +354,24 @@ func startFamily(t *testing.T, cfg serverConfig) (*serverFamily, event) {
 	}
 	raw, err := json.Marshal(cfg)
 	require.NoError(t, err)
-	cmd := helperCmd(context.Background(), os.Args[0], "TestHelperSupervisor", envSupervise+"=1", envServer+"="+string(raw))
+	f := supervise(t, false, envServer+"="+string(raw))
+	first := f.next(func(e event) bool { return e.Event == "ready" })
+	return f, first
+}
+
+// supervise starts TestHelperSupervisor with env added, in a network
+// namespace of its own if netns is set.
+func supervise(t *testing.T, netns bool, env ...string) *serverFamily {
+	t.Helper()
+	env = append(env, envSupervise+"=1")
+	if netns {
+		env = append(env, envNetns+"=1")
+	}
+	cmd := helperCmd(context.Background(), os.Args[0], "TestHelperSupervisor", env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if netns {
+		cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWNET
+	}
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
@@ -353,8 +399,7 @@ func startFamily(t *testing.T, cfg serverConfig) (*serverFamily, event) {
 		cmd.Wait()
 		<-f.done
 	})
-	first := f.next(func(e event) bool { return e.Event == "ready" })
-	return f, first
+	return f
 }
 
 // next returns the first event, pending or new, for which ok holds, or fails
@@ -413,7 +458,15 @@ func (f *serverFamily) stop(cur event) event {
 	f.t.Helper()
 	require.NoError(f.t, syscall.Kill(cur.Pid, syscall.SIGTERM))
 	exit := f.next(eventOf("exit", cur.Pid))
-	f.next(func(e event) bool { return e.Event == "reaped" && e.Ppid == cur.Pid })
+	f.end(cur.Pid)
+	return exit
+}
+
+// end waits until the supervisor has reaped pid, the last process of the
+// family, and then for the supervisor to exit.
+func (f *serverFamily) end(pid int) {
+	f.t.Helper()
+	f.next(func(e event) bool { return e.Event == "reaped" && e.Ppid == pid })
 	f.stdin.Close()
 	done := make(chan error, 1)
 	go func() { done <- f.cmd.Wait() }()
@@ -423,7 +476,6 @@ func (f *serverFamily) stop(cur event) event {
 	case <-time.After(30 * time.Second):
 		require.FailNow(f.t, "the supervisor did not end: a process of the family is left")
 	}
-	return exit
 }
 
 func TestUpgrade_SameSocketInEveryGeneration(t *testing.T) {

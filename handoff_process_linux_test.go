@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/safelisten/reuse/internal/loadgen"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -614,4 +616,135 @@ func TestInherit_LeavesAcceptedConnectionsToTheProgram(t *testing.T) {
 	_, err = io.ReadFull(c, b)
 	assert.NoError(t, err, "the service answers on its connection")
 	assert.Equal(t, "hello", string(b))
+}
+
+// TestREADME_QuickStartUpgradesOnSIGHUP: the quick start (Example_upgrade,
+// which TestREADME_QuickStart holds equal to README.md's) upgrades on SIGHUP
+// without failing a request, under load from clients that never retry, and
+// stops on SIGTERM. It runs in a network namespace of its own, where its
+// fixed port 8080 is free and only that namespace's loopback reaches it.
+func TestREADME_QuickStartUpgradesOnSIGHUP(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, for a network namespace of its own: the quick start listens on the fixed port 8080")
+	}
+	f := supervise(t, true, envHelper+"=TestHelperQuickStart")
+	first := f.next(eventOf("started", 0)).Ppid
+	dial := dialIn(t, f.cmd.Process.Pid)
+	const addr = "127.0.0.1:8080"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var loads []*loadgen.Load
+	for _, mode := range []loadgen.Mode{loadgen.KeepAlive, loadgen.PerRequest} {
+		l, err := loadgen.Start(context.Background(), loadgen.Config{Network: "tcp4", Addr: addr, Dial: dial, Mode: mode, Clients: 4})
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Stop() })
+		loads = append(loads, l)
+	}
+	// The first requests may come before its Listen: wait until it serves,
+	// then count from there.
+	for _, l := range loads {
+		require.NoError(t, l.WaitOK(ctx, 1), "the quick start serves on %s", addr)
+	}
+	var before []loadgen.Result
+	for _, l := range loads {
+		before = append(before, l.Snapshot())
+	}
+
+	require.NoError(t, syscall.Kill(first, syscall.SIGHUP))
+	reaped := f.next(func(e event) bool { return e.Event == "reaped" && e.Ppid == first })
+	assert.Equal(t, "exit 0", reaped.Status, "the old process drained and returned")
+	second := childOf(t, f.cmd.Process.Pid)
+	for _, l := range loads {
+		// Served by the new process alone.
+		require.NoError(t, l.WaitOK(ctx, l.Snapshot().OK+100))
+	}
+	for i, l := range loads {
+		r := l.Stop()
+		t.Logf("%v: %v", loadgen.Mode(i), r)
+		assert.Zero(t, r.Failures()-before[i].Failures(), "requests failed from the first response on: %v", r)
+	}
+
+	require.NoError(t, syscall.Kill(second, syscall.SIGTERM))
+	f.end(second)
+}
+
+// childOf returns the one child of pid, after a deadline fails the test.
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var kids []int
+		ents, err := os.ReadDir("/proc")
+		require.NoError(t, err)
+		for _, e := range ents {
+			p, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+			if err != nil {
+				continue
+			}
+			// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+			fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+			if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+				kids = append(kids, p)
+			}
+		}
+		if len(kids) == 1 {
+			return kids[0]
+		}
+		require.True(t, time.Now().Before(deadline), "children of %d: %v, want one", pid, kids)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// dialIn returns a dial function whose sockets are made in the network
+// namespace of process pid: a goroutine locked to a thread that joined it
+// makes them. The thread is never unlocked, so it ends with the goroutine at
+// cleanup and no other goroutine runs on it.
+func dialIn(t *testing.T, pid int) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	t.Helper()
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	require.NoError(t, err)
+	type dialed struct {
+		c   net.Conn
+		err error
+	}
+	type call struct {
+		ctx           context.Context
+		network, addr string
+		res           chan dialed
+	}
+	calls, joined, done := make(chan call), make(chan error, 1), make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET)
+		ns.Close()
+		joined <- err
+		if err != nil {
+			return
+		}
+		for c := range calls {
+			var d net.Dialer
+			conn, err := d.DialContext(c.ctx, c.network, c.addr)
+			c.res <- dialed{conn, err}
+		}
+	}()
+	require.NoError(t, <-joined, "setns")
+	t.Cleanup(func() {
+		close(calls)
+		<-done
+	})
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c := call{ctx, network, addr, make(chan dialed, 1)}
+		select {
+		case calls <- c:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		r := <-c.res
+		return r.c, r.err
+	}
 }

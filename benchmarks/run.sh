@@ -4,7 +4,7 @@
 # one column per implementation, with the ratio to the first (net).
 # Then counts setsockopt calls per accepted connection with strace.
 #
-# Usage: benchmarks/run.sh            (about 5 minutes)
+# Usage: benchmarks/run.sh            (about 7 minutes)
 #        COUNT=3 benchmarks/run.sh    (quicker, noisier)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,6 +26,8 @@ echo "# raw results: $out"
 	# TIME_WAIT entries, and the kernel keeps tcp_max_tw_buckets at most.
 	go test -run '^$' -bench '^BenchmarkAcceptClose$' -benchtime=5000x -benchmem -count="$count" .
 	go test -run '^$' -bench '^BenchmarkRebind$' -benchmem -count="$count" .
+	# 100 Upgrades a run, a chain of 100 processes.
+	go test -run '^$' -bench '^BenchmarkUpgrade$' -benchtime=100x -count="$count" .
 } > "$out"
 
 echo
@@ -40,6 +42,9 @@ $benchstat -filter '.name:AcceptClose' -col '/impl@(net-setlinger-per-conn net-d
 echo
 echo "## Rebind: Listen+Close on a port that holds N TIME_WAIT entries"
 $benchstat -filter '.name:Rebind' -col /impl "$out"
+echo
+echo "## Upgrade until the new process's Ready (mean, p50, p99); ratios against tableflip"
+$benchstat -filter '.name:Upgrade' -col /impl "$out"
 echo
 echo "## census.Read(port) against ss -tanH '( sport = :P )' on the same table (ratio-vs-ss)"
 $benchstat -filter '.name:Sockets' "$out"

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"testing"
 
@@ -83,6 +84,7 @@ func TestStart_InvalidConfig(t *testing.T) {
 		{Network: "tcp", Addr: "127.0.0.1:1", Clients: -1},
 		{Network: "tcp", Addr: "127.0.0.1:1", Path: "no-slash"},
 		{Network: "tcp", Addr: "127.0.0.1:1", Path: "/a b"},
+		{Network: "tcp", Addr: "127.0.0.1:1", Source: "127.0.0.2", Dial: (&net.Dialer{}).DialContext},
 	} {
 		l, err := Start(t.Context(), c)
 		assert.Error(t, err, "%+v", c)

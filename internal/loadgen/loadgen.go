@@ -86,6 +86,9 @@ type Config struct {
 	// Pause is how long a client waits after a response before it sends the
 	// next request; none if 0.
 	Pause time.Duration
+	// Dial, if set, makes each connection in place of a net.Dialer, for
+	// example in another network namespace; Source must then be empty.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Result counts the requests of a Load.
@@ -172,6 +175,9 @@ func (l *Load) init() error {
 			ip, err := netip.ParseAddr(c.Source)
 			if err != nil {
 				return fmt.Errorf("source %q is not an IP address: %w", c.Source, err)
+			}
+			if c.Dial != nil {
+				return fmt.Errorf("source %q: Dial is set, and chooses the source itself", c.Source)
 			}
 			l.dialer.LocalAddr = &net.TCPAddr{IP: ip.AsSlice(), Zone: ip.Zone()}
 		}
@@ -315,7 +321,11 @@ func (cl *client) do(ctx context.Context) (Kind, error) {
 	deadline := time.Now().Add(l.cfg.Timeout)
 	if cl.conn == nil {
 		dctx, cancel := context.WithDeadline(ctx, deadline)
-		c, err := l.dialer.DialContext(dctx, l.cfg.Network, l.cfg.Addr)
+		dial := l.dialer.DialContext
+		if l.cfg.Dial != nil {
+			dial = l.cfg.Dial
+		}
+		c, err := dial(dctx, l.cfg.Network, l.cfg.Addr)
 		cancel()
 		if err != nil {
 			return classify(err), err

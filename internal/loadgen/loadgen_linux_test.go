@@ -353,6 +353,26 @@ func TestSource_BindsClientSockets(t *testing.T) {
 	assert.Equal(t, map[string]bool{source: true}, s.remotes)
 }
 
+// TestDial_MakesEveryConnection: with Dial set, every connection is one
+// that Dial made.
+func TestDial_MakesEveryConnection(t *testing.T) {
+	s := serveHTTP(t, "tcp4", "127.0.0.1:0", ok, nil)
+	var dials atomic.Int64
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}
+		c, err := d.DialContext(ctx, network, addr)
+		if err == nil {
+			dials.Add(1)
+		}
+		return c, err
+	}
+	l := start(t, Config{Network: "tcp4", Addr: s.addr, Dial: dial, Mode: PerRequest, Clients: 2})
+	waitOK(t, l, 50)
+	r := l.Stop()
+	assert.Zero(t, r.Failures(), "%v", r)
+	assert.Equal(t, r.Conns, dials.Load(), "connections made, dials")
+}
+
 // TestUnixSocket: the load runs on a unix socket path too.
 func TestUnixSocket(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "http.sock")
