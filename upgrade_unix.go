@@ -30,16 +30,19 @@ type tracked struct {
 }
 
 // conn returns the listener or conn, or nil once the GC has collected it.
+// Each pointer is read once: a second read could find it collected.
 func (t *tracked) conn() syscall.Conn {
-	switch {
-	case t.tcp.Value() != nil:
-		return t.tcp.Value()
-	case t.unix.Value() != nil:
-		return t.unix.Value()
-	case t.udp.Value() != nil:
-		return t.udp.Value()
-	case t.ugram.Value() != nil:
-		return t.ugram.Value()
+	if c := t.tcp.Value(); c != nil {
+		return c
+	}
+	if c := t.unix.Value(); c != nil {
+		return c
+	}
+	if c := t.udp.Value(); c != nil {
+		return c
+	}
+	if c := t.ugram.Value(); c != nil {
+		return c
 	}
 	return nil
 }
