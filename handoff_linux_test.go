@@ -106,22 +106,45 @@ func inodeOf(c syscall.Conn) uint64 {
 }
 
 // openFDs counts this process's open fds but for connections, which come
-// and go with the load: what a generation holds of its own.
+// and go with the load: what a generation holds of its own. Under load a
+// connection can close between the listing and the look, and its number go
+// to a new one: an fd that is gone counts as a connection, and the listing's
+// own fd is known by number, not guessed.
 func openFDs() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	defer d.Close()
+	rc, err := d.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	self := -1
+	rc.Control(func(fd uintptr) { self = int(fd) })
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return -1
+	}
 	n := 0
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
+	for _, name := range names {
+		fd, err := strconv.Atoi(name)
+		if err != nil || fd == self {
 			continue
 		}
 		typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-		if listening, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && typ == unix.SOCK_STREAM && listening == 0 {
-			continue // a connection
+		if errors.Is(err, unix.EBADF) {
+			continue // closed since the listing
+		}
+		if err == nil && typ == unix.SOCK_STREAM {
+			listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+			if errors.Is(err, unix.EBADF) || err == nil && listening == 0 {
+				continue // a connection, or one closed since
+			}
 		}
 		n++
 	}
-	return n - 1 // the directory's own fd
+	return n
 }
 
 // TestHelperServer is not a test: it is one generation of a server (see

@@ -175,6 +175,3 @@ func readlinkFD(fd int) (string, error) {
 		}
 	}
 }
-
-// quoteName returns name as it is, or quoted when it holds a character that
-// is not printable: names on the way can be chosen by other users, and end

@@ -77,8 +77,8 @@ func ListenContext(ctx context.Context, network, address string, opts ...Option)
 
 // flagOf is how Upgrade marks a socket that Listen or ListenPacket made for
 // network and address: a unix listener removes its path on Close, as
-// net.Listen's does, and a socket for port 0 is taken again only by a
-// request for port 0.
+// net.Listen's does, and a request for port 0 takes only a socket made for
+// port 0.
 func flagOf(network, address string) byte {
 	switch {
 	case network == "unix" || network == "unixpacket":

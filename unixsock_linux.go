@@ -353,6 +353,8 @@ func splitUnixPath(path string) (dir, name string) {
 	return dir, name
 }
 
+// quoteName returns name as it is, or quoted when it holds a character that
+// is not printable: names on the way can be chosen by other users, and end
 // up in log lines.
 func quoteName(name string) string {
 	for _, r := range name {

@@ -1,5 +1,3 @@
-//go:build linux
-
 // The expected rows are Linux's: other systems have no socket table for the
 // census, and their TIME_WAIT rules differ.
 

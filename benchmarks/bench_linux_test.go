@@ -1,5 +1,3 @@
-//go:build linux
-
 // Package benchmarks compares reuse with the stdlib and with the packages a
 // user would otherwise pick, in the same run. It is its own module so that
 // the library's go.mod never depends on those peers.
