@@ -469,18 +469,25 @@ func TestListenPacketContext(t *testing.T) {
 	require.NoError(t, pc.Close())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	for _, addr := range []string{"127.0.0.1:0", "localhost:0"} {
-		std, stdErr := (&net.ListenConfig{}).ListenPacket(ctx, "udp4", addr)
-		if std != nil {
-			std.Close()
-		}
-		pc, err := ListenPacketContext(ctx, "udp4", addr)
+	std, stdErr := (&net.ListenConfig{}).ListenPacket(ctx, "udp4", "127.0.0.1:0")
+	if std != nil {
+		std.Close()
+	}
+	pc, err = ListenPacketContext(ctx, "udp4", "127.0.0.1:0")
+	if pc != nil {
+		pc.Close()
+	}
+	require.Equal(t, stdErr == nil, err == nil, "stdlib %v, reuse %v", stdErr, err)
+	// A name: net's lookup selects between the ended ctx and its own answer,
+	// whichever is ready, so either outcome is the stdlib's; an error must
+	// be the ctx's.
+	for range 20 {
+		pc, err := ListenPacketContext(ctx, "udp4", "localhost:0")
 		if pc != nil {
 			pc.Close()
 		}
-		require.Equal(t, stdErr == nil, err == nil, "%s: stdlib %v, reuse %v", addr, stdErr, err)
-		if stdErr != nil {
-			assert.ErrorIs(t, err, context.Canceled, addr)
+		if err != nil {
+			require.ErrorIs(t, err, context.Canceled)
 		}
 	}
 	//lint:ignore SA1012 a nil Context is the case under test

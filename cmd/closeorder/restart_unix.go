@@ -154,8 +154,23 @@ func restartUnderLoad(exe string, n int, upgrade, adopted bool) (restartResult, 
 		defer l.Stop()
 		loads = append(loads, l)
 	}
+	// flows waits until every load has had requests served since now, so
+	// that each restart happens under load that gets through.
+	flows := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, l := range loads {
+			if err := l.WaitOK(ctx, l.Snapshot().OK+20); err != nil {
+				return fmt.Errorf("no request served on %s: %w", addr, err)
+			}
+		}
+		return nil
+	}
 	began := time.Now()
 	for range n {
+		if err := flows(); err != nil {
+			return r, err
+		}
 		if !upgrade {
 			syscall.Kill(pid, syscall.SIGTERM)
 			if _, err := lines.wait("exit " + strconv.Itoa(pid)); err != nil {
@@ -174,6 +189,9 @@ func restartUnderLoad(exe string, n int, upgrade, adopted bool) (restartResult, 
 		if adopted && old != procs[0].Process.Pid {
 			reap(old)
 		}
+	}
+	if err := flows(); err != nil {
+		return r, err
 	}
 	r.took = time.Since(began)
 	for _, l := range loads {

@@ -106,10 +106,15 @@ func censusConnect(t testing.TB, ln *net.TCPListener, n int) (clients, servers [
 	return clients, servers
 }
 
+// readDeadline bounds the reads of tests that check what is read, not how
+// soon: under -race, with another package's soak filling the host's table,
+// /proc/net/tcp alone took over DefaultTimeout.
+const readDeadline = 30 * time.Second
+
 // readAll reads every socket on port, with owners, keeping all of them.
 func readAll(t testing.TB, port uint16) []Socket {
 	t.Helper()
-	tab, err := Read(Query{Port: port, Keep: 1 << 20, Owners: true})
+	tab, err := Read(Query{Port: port, Keep: 1 << 20, Owners: true, Deadline: time.Now().Add(readDeadline)})
 	require.NoError(t, err)
 	require.Equal(t, tab.Total, len(tab.Sockets), "all kept")
 	return tab.Sockets
@@ -120,7 +125,7 @@ func readAll(t testing.TB, port uint16) []Socket {
 func raw(t testing.TB, read func(uint16, time.Time, func(Socket)) error, port uint16) []Socket {
 	t.Helper()
 	var socks []Socket
-	require.NoError(t, read(port, time.Now().Add(DefaultTimeout), func(s Socket) { socks = append(socks, s) }))
+	require.NoError(t, read(port, time.Now().Add(readDeadline), func(s Socket) { socks = append(socks, s) }))
 	return socks
 }
 
