@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -659,17 +660,28 @@ func TestOverlaps_MatchesKernel(t *testing.T) {
 		for _, second := range ends {
 			for try := 0; ; try++ {
 				require.Less(t, try, 10, "a port stayed busy with other sockets")
-				addr, err := leaveBound(t, first.host, first.v6only, 0)
+				// Below the ephemeral range, where no client socket (the
+				// load tests leave thousands in TIME_WAIT) and no port 0
+				// of another test lands.
+				addr, err := leaveBound(t, first.host, first.v6only, 20000+rand.IntN(12000))
+				if errors.Is(err, unix.EADDRINUSE) {
+					continue
+				}
 				require.NoError(t, err)
 				p := netip.MustParseAddrPort(addr).Port()
 				_, err = leaveBound(t, second.host, second.v6only, int(p))
 				refused := errors.Is(err, unix.EADDRINUSE)
 				require.True(t, err == nil || refused, "%v", err)
-				// Only this test's sockets may be on the port, or another
-				// could have refused the second bind.
+				// Only this test's two bound sockets may be on the port, or
+				// another could have refused the second bind: a connection
+				// of another test, even of this process, on an ephemeral
+				// port.
 				socks, err := Sockets(int(p))
 				require.NoError(t, err)
-				i := slices.IndexFunc(socks, func(s Socket) bool { return s.PID != os.Getpid() })
+				mine := []netip.AddrPort{netip.MustParseAddrPort(addr), netip.AddrPortFrom(netip.MustParseAddr(second.host), p)}
+				i := slices.IndexFunc(socks, func(s Socket) bool {
+					return s.PID != os.Getpid() || s.State != census.StateClose || !slices.Contains(mine, s.Local)
+				})
 				if i >= 0 {
 					t.Logf("port %d is in use by another socket, try again: %+v", p, socks[i])
 					continue
