@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -498,69 +499,23 @@ func TestListenPacketContext(t *testing.T) {
 // TestErrors checks every error path: the error is a *net.OpError that names
 // the bad argument, errors.Is sees the cause, and no fd is left open.
 func TestErrors(t *testing.T) {
-	boom := errors.New("boom")
-	failing := WithControl(func(string, string, syscall.RawConn) error { return boom })
 	sock := filepath.Join(t.TempDir(), "s.sock")
 	taken, err := Listen("tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer taken.Close()
-
-	type call func() (io.Closer, error)
-	listen := func(network, addr string, opts ...Option) call {
-		return func() (io.Closer, error) { return Listen(network, addr, opts...) }
-	}
-	packet := func(network, addr string, opts ...Option) call {
-		return func() (io.Closer, error) { return ListenPacket(network, addr, opts...) }
-	}
-	dial := func(network, laddr, raddr string, opts ...Option) call {
-		return func() (io.Closer, error) { return Dial(network, laddr, raddr, opts...) }
-	}
-	for name, c := range map[string]struct {
-		call call
-		want string // in the message
-		is   error  // errors.Is target, or nil
-	}{
-		"unknown network":          {call: listen("tcp7", ":0"), want: "unknown network tcp7"},
-		"udp to Listen":            {call: listen("udp", "127.0.0.1:0"), want: `network "udp" is not a stream network: use ListenPacket`},
-		"tcp to ListenPacket":      {call: packet("tcp", "127.0.0.1:0"), want: `network "tcp" is not a packet network: use Listen`},
-		"unix to ListenPacket":     {call: packet("unix", sock), want: `network "unix" is not a packet network`},
-		"bad port":                 {call: listen("tcp", "127.0.0.1:99999"), want: "invalid port"},
-		"bad host":                 {call: listen("tcp", "256.0.0.1:0"), want: "256.0.0.1"},
-		"missing port":             {call: listen("tcp", "127.0.0.1"), want: "missing port"},
-		"nil option":               {call: listen("tcp", "127.0.0.1:0", WithReuseAddr(true), nil), want: "option 2 of 2 is nil"},
-		"nil control":              {call: listen("tcp", "127.0.0.1:0", WithControl(nil)), want: "WithControl(nil)"},
-		"rst on udp":               {call: packet("udp", "127.0.0.1:0", WithRSTOnClose()), want: "WithRSTOnClose does not apply to UDP"},
-		"rst on unix":              {call: listen("unix", sock, WithRSTOnClose()), want: "WithRSTOnClose does not apply to unix"},
-		"reuseport on unixgram":    {call: packet("unixgram", sock, WithReusePort(true)), want: "WithReusePort does not apply"},
-		"reuseport vs exclusive":   {call: listen("tcp", "127.0.0.1:0", WithReusePort(true), WithExclusiveAddr(true)), want: "opposite"},
-		"control error, tcp":       {call: listen("tcp", "127.0.0.1:0", failing), want: "boom", is: boom},
-		"control error, udp":       {call: packet("udp", "127.0.0.1:0", WithReuseAddr(true), failing), want: "boom", is: boom},
-		"control error, dial":      {call: dial("tcp", "", taken.Addr().String(), failing), want: "boom", is: boom},
-		"address in use":           {call: listen("tcp4", taken.Addr().String(), WithReuseAddr(false)), want: "address already in use", is: syscall.EADDRINUSE},
-		"address in use, defaults": {call: listen("tcp4", taken.Addr().String()), want: "address already in use", is: syscall.EADDRINUSE},
-		"dial unix":                {call: dial("unix", "", sock), want: "unknown network unix"},
-		"dial bad laddr":           {call: dial("tcp", "127.0.0.1:x", "127.0.0.1:1"), want: "local address"},
-		"dial refused":             {call: dial("tcp4", "127.0.0.1:0", "127.0.0.1:1"), want: "connection refused", is: syscall.ECONNREFUSED},
-		"dial rst on udp":          {call: dial("udp", "", "127.0.0.1:1", WithRSTOnClose()), want: "WithRSTOnClose does not apply to UDP"},
-		"nil context": {call: func() (io.Closer, error) {
-			//lint:ignore SA1012 a nil context is the bad input under test
-			return ListenContext(nil, "tcp", "127.0.0.1:0") //nolint:staticcheck
-		}, want: "nil Context"},
-	} {
-		t.Run(name, func(t *testing.T) {
-			noLeak(t, func() {
-				cl, err := c.call()
-				require.Error(t, err)
-				require.Nil(t, cl)
-				var op *net.OpError
-				require.ErrorAs(t, err, &op, "%v", err)
-				assert.ErrorContains(t, err, c.want)
-				if c.is != nil {
-					assert.ErrorIs(t, err, c.is)
-				}
-			})
-		})
-	}
+	failing := WithControl(func(string, string, syscall.RawConn) error { return errBoom })
+	cases := badInput(sock)
+	maps.Copy(cases, map[string]badCase{
+		"unix to ListenPacket":     {call: packetCall("unix", sock), want: `network "unix" is not a packet network`},
+		"bad host":                 {call: listenCall("tcp", "256.0.0.1:0"), want: "256.0.0.1"},
+		"reuseport on unixgram":    {call: packetCall("unixgram", sock, WithReusePort(true)), want: "WithReusePort does not apply"},
+		"control error, udp":       {call: packetCall("udp", "127.0.0.1:0", WithReuseAddr(true), failing), want: "boom", is: errBoom},
+		"control error, dial":      {call: dialCall("tcp", "", taken.Addr().String(), failing), want: "boom", is: errBoom},
+		"address in use":           {call: listenCall("tcp4", taken.Addr().String(), WithReuseAddr(false)), want: "address already in use", is: syscall.EADDRINUSE},
+		"address in use, defaults": {call: listenCall("tcp4", taken.Addr().String()), want: "address already in use", is: syscall.EADDRINUSE},
+		"dial refused":             {call: dialCall("tcp4", "127.0.0.1:0", "127.0.0.1:1"), want: "connection refused", is: syscall.ECONNREFUSED},
+	})
+	checkBadInput(t, cases)
 }
 
 // TestSetsockoptError: a failed setsockopt names the option and keeps the

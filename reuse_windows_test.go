@@ -306,63 +306,13 @@ func TestWindows_UpgradeUnsupported(t *testing.T) {
 // TestWindows_BadInput: wrong networks, options and addresses are errors,
 // most before any socket exists, each a *net.OpError, none leaking a handle.
 func TestWindows_BadInput(t *testing.T) {
-	boom := errors.New("boom")
-	failing := WithControl(func(string, string, syscall.RawConn) error { return boom })
 	// Never created: each call fails before a socket exists. (t.TempDir
 	// cannot be used under Wine 8.0: its cleanup fails with "unlinkat:
 	// Invalid function".)
-	sock := filepath.Join(os.TempDir(), "reuse-never-created.sock")
-	type call func() (io.Closer, error)
-	listen := func(network, addr string, opts ...Option) call {
-		return func() (io.Closer, error) { return Listen(network, addr, opts...) }
-	}
-	packet := func(network, addr string, opts ...Option) call {
-		return func() (io.Closer, error) { return ListenPacket(network, addr, opts...) }
-	}
-	dial := func(network, laddr, raddr string, opts ...Option) call {
-		return func() (io.Closer, error) { return Dial(network, laddr, raddr, opts...) }
-	}
-	for name, c := range map[string]struct {
-		call call
-		want string // in the message
-		is   error  // errors.Is target, or nil
-	}{
-		"unknown network":        {call: listen("tcp7", ":0"), want: "unknown network tcp7"},
-		"udp to Listen":          {call: listen("udp", "127.0.0.1:0"), want: `network "udp" is not a stream network: use ListenPacket`},
-		"tcp to ListenPacket":    {call: packet("tcp", "127.0.0.1:0"), want: `network "tcp" is not a packet network: use Listen`},
-		"bad port":               {call: listen("tcp", "127.0.0.1:99999"), want: "invalid port"},
-		"missing port":           {call: listen("tcp", "127.0.0.1"), want: "missing port"},
-		"nil option":             {call: listen("tcp", "127.0.0.1:0", WithExclusiveAddr(true), nil), want: "option 2 of 2 is nil"},
-		"nil control":            {call: listen("tcp", "127.0.0.1:0", WithControl(nil)), want: "WithControl(nil)"},
-		"rst on udp":             {call: packet("udp", "127.0.0.1:0", WithRSTOnClose()), want: "WithRSTOnClose does not apply to UDP"},
-		"rst on unix":            {call: listen("unix", sock, WithRSTOnClose()), want: "WithRSTOnClose does not apply to unix"},
-		"exclusive on unix":      {call: listen("unix", sock, WithExclusiveAddr(true)), want: "WithExclusiveAddr does not apply to unix"},
-		"reuseport vs exclusive": {call: listen("tcp", "127.0.0.1:0", WithReusePort(true), WithExclusiveAddr(true)), want: "opposite"},
-		"udp reuseaddr vs exclusive": {call: packet("udp", "127.0.0.1:0", WithReuseAddr(true), WithExclusiveAddr(true)),
-			want: "WithReuseAddr(true) and WithExclusiveAddr(true) ask for opposite things"},
-		"control error, tcp": {call: listen("tcp", "127.0.0.1:0", failing), want: "boom", is: boom},
-		"dial unix":          {call: dial("unix", "", sock), want: "unknown network unix"},
-		"dial bad laddr":     {call: dial("tcp", "127.0.0.1:x", "127.0.0.1:1"), want: "local address"},
-		"dial rst on udp":    {call: dial("udp", "", "127.0.0.1:1", WithRSTOnClose()), want: "WithRSTOnClose does not apply to UDP"},
-		"nil context": {call: func() (io.Closer, error) {
-			//lint:ignore SA1012 a nil context is the bad input under test
-			return ListenContext(nil, "tcp", "127.0.0.1:0") //nolint:staticcheck
-		}, want: "nil Context"},
-	} {
-		t.Run(name, func(t *testing.T) {
-			noLeak(t, func() {
-				cl, err := c.call()
-				require.Error(t, err)
-				require.Nil(t, cl)
-				var op *net.OpError
-				require.ErrorAs(t, err, &op, "%v", err)
-				assert.ErrorContains(t, err, c.want)
-				if c.is != nil {
-					assert.ErrorIs(t, err, c.is)
-				}
-			})
-		})
-	}
+	cases := badInput(filepath.Join(os.TempDir(), "reuse-never-created.sock"))
+	cases["udp reuseaddr vs exclusive"] = badCase{call: packetCall("udp", "127.0.0.1:0", WithReuseAddr(true), WithExclusiveAddr(true)),
+		want: "WithReuseAddr(true) and WithExclusiveAddr(true) ask for opposite things"}
+	checkBadInput(t, cases)
 }
 
 // TestWindows_DialRefused: a refused connect is WSAECONNREFUSED (10061),
