@@ -30,12 +30,3 @@ func takePacketConn(context.Context, string, string, *options) (net.PacketConn, 
 
 // track: nothing to hand over where Upgrade is unsupported.
 func track(any, byte) {}
-
-// Flags of a handed-over socket, which flagOf names on every OS.
-const (
-	flagNone   = '-'
-	flagUnlink = 'u'
-	flagZero   = 'z'
-)
-
-func portZero(string) bool { return false }

@@ -45,7 +45,9 @@ func TestListen_InheritedOneAddressAndAWildcardRequest(t *testing.T) {
 // its Listen for P fails against its own listener.
 func TestListen_PortZeroTakesOnlyASocketMadeForPortZero(t *testing.T) {
 	lo := [4]byte{127, 0, 0, 1}
-	fixed, fixedIno := inheritSocket(t, unix.AF_INET, unix.SOCK_STREAM, &unix.SockaddrInet4{Addr: lo, Port: freePort(t)}, false, false)
+	// Port 0 here only picks a free port now: the socket is marked as one a
+	// Listen for that port made.
+	fixed, fixedIno := inheritSocket(t, unix.AF_INET, unix.SOCK_STREAM, &unix.SockaddrInet4{Addr: lo}, false, false)
 	_, pickedIno := inheritSocket(t, unix.AF_INET, unix.SOCK_STREAM, &unix.SockaddrInet4{Addr: lo}, false, true)
 
 	zero, err := Listen("tcp4", "127.0.0.1:0")
@@ -82,7 +84,7 @@ func TestListen_InheritedLingerIsReset(t *testing.T) {
 // inherited sockets no Listen took. One that a Listen is taking at that
 // moment is kept; if that Listen then fails, it is closed then.
 func TestReady_ClosesASocketWhoseListenFailedMeanwhile(t *testing.T) {
-	sa, _ := inheritSocket(t, unix.AF_INET, unix.SOCK_STREAM, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}, false, false)
+	sa, ino := inheritSocket(t, unix.AF_INET, unix.SOCK_STREAM, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}, false, false)
 	inheritance.mu.Lock()
 	s := inheritance.socks[len(inheritance.socks)-1]
 	inheritance.mu.Unlock()
@@ -103,10 +105,14 @@ func TestReady_ClosesASocketWhoseListenFailedMeanwhile(t *testing.T) {
 		inheritance.readied = false // for the tests after this one
 		inheritance.mu.Unlock()
 	})
+	isOpen := func() bool {
+		var st unix.Stat_t
+		return unix.Fstat(s.fd, &st) == nil && st.Ino == ino
+	}
+	assert.True(t, isOpen(), "fd %d is kept while a Listen is taking it", s.fd)
 	close(goOn)
 	require.Error(t, <-done)
-	_, err := unix.FcntlInt(uintptr(s.fd), unix.F_GETFD, 0)
-	assert.Error(t, err, "fd %d, inherited and taken by no Listen, is closed after Ready", s.fd)
+	assert.False(t, isOpen(), "fd %d, inherited and taken by no Listen, is closed after Ready", s.fd)
 }
 
 // TestUpgrade_DoesNotHandOverIPConns: no Listen can take an ip conn, so
@@ -119,15 +125,20 @@ func TestUpgrade_DoesNotHandOverIPConns(t *testing.T) {
 	pc, err := ListenPacket("ip4:1", "127.0.0.1")
 	require.NoError(t, err)
 	defer pc.Close()
+	ln, err := Listen("tcp4", "127.0.0.1:0") // one that is handed over
+	require.NoError(t, err)
+	defer ln.Close()
 	hs, err := dupTracked()
 	require.NoError(t, err)
-	want := inodeOfAny(t, pc)
+	var handed []uint64
 	for _, h := range hs {
 		var st unix.Stat_t
 		require.NoError(t, unix.Fstat(h.fd, &st))
-		assert.NotEqual(t, want, st.Ino, "the ip4:1 conn is not handed over")
+		handed = append(handed, st.Ino)
 		unix.Close(h.fd)
 	}
+	assert.Contains(t, handed, inodeOfAny(t, ln), "the listener is handed over")
+	assert.NotContains(t, handed, inodeOfAny(t, pc), "the ip4:1 conn is not")
 }
 
 // TestListen_InheritedReusePortNotAskedForIsAnError: the inherited socket

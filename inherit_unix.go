@@ -33,13 +33,6 @@ const (
 	handoffFirst  = 5
 )
 
-// Flags of a handed-over socket.
-const (
-	flagNone   = '-'
-	flagUnlink = 'u'
-	flagZero   = 'z'
-)
-
 // systemd's variables (sd_listen_fds(3)): sockets from fd 3.
 var systemdEnv = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PIDFDID"}
 
@@ -115,6 +108,9 @@ func inheritHandoff(v string) {
 		inheritance.parent = ppid
 		inheritance.toParent = os.NewFile(handoffToFD, "reuse handoff to parent")
 		inheritance.fromParent = os.NewFile(handoffFromFD, "reuse handoff from parent")
+	} else {
+		unix.Close(handoffToFD)
+		unix.Close(handoffFromFD)
 	}
 	// Else the parent died before this process got here, or a wrapper that
 	// forks stands between them: nobody waits for Ready. The sockets may
@@ -455,13 +451,10 @@ func takePacketConn(ctx context.Context, network, address string, o *options) (n
 }
 
 // dualStack reports whether Go's "tcp" and "udp" listen on [::] for both
-// IPv4 and IPv6 here: not on OpenBSD and DragonFly, which have no
-// IPv4-mapped addresses, nor on a host without IPv6.
+// IPv4 and IPv6 here: not where there are no IPv4-mapped addresses, nor on
+// a host without IPv6.
 var dualStack = sync.OnceValue(func() bool {
-	if runtime.GOOS == "openbsd" || runtime.GOOS == "dragonfly" {
-		return false
-	}
-	return haveIPv6()
+	return !traitsOf(runtime.GOOS).noMappedV4 && haveIPv6()
 })
 
 var haveIPv6 = sync.OnceValue(func() bool {

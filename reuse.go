@@ -75,6 +75,19 @@ func ListenContext(ctx context.Context, network, address string, opts ...Option)
 	return ln, nil
 }
 
+// Flags of a handed-over socket, which flagOf names on every OS.
+const (
+	flagNone   = '-'
+	flagUnlink = 'u'
+	flagZero   = 'z'
+)
+
+// portZero reports whether address asks for a port the system picks.
+func portZero(address string) bool {
+	_, port, err := net.SplitHostPort(address)
+	return err == nil && (port == "" || port == "0")
+}
+
 // flagOf is how Upgrade marks a socket that Listen or ListenPacket made for
 // network and address: a unix listener removes its path on Close, as
 // net.Listen's does, and a request for port 0 takes only a socket made for

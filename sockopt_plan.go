@@ -99,18 +99,23 @@ type osTraits struct {
 	// so_linger), so one setsockopt on the listener covers every connection.
 	lingerInherited bool
 	windows         bool
+	// noMappedV4: no IPv4-mapped addresses, so a [::] socket takes IPv6
+	// only (OpenBSD, DragonFly).
+	noMappedV4 bool
 }
 
 func traitsOf(goos string) osTraits {
 	switch goos {
-	case "linux", "android", "dragonfly":
+	case "linux", "android":
 		return osTraits{sockets: true, reusePort: soReusePort, lingerInherited: true}
+	case "dragonfly":
+		return osTraits{sockets: true, reusePort: soReusePort, lingerInherited: true, noMappedV4: true}
 	case "freebsd":
 		return osTraits{sockets: true, reusePort: soReusePortLB, lingerInherited: true}
 	case "darwin", "ios", "netbsd", "openbsd":
 		// SO_REUSEPORT exists but gives the port to the newest socket
 		// without balancing: not what WithReusePort promises.
-		return osTraits{sockets: true, lingerInherited: true}
+		return osTraits{sockets: true, lingerInherited: true, noMappedV4: goos == "openbsd"}
 	case "solaris", "illumos", "aix":
 		return osTraits{sockets: true}
 	case "windows":

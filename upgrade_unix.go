@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,12 +87,6 @@ func track(c any, flag byte) {
 		registry.socks, registry.pruned = kept, len(kept)
 	}
 	registry.socks = append(registry.socks, t)
-}
-
-// portZero reports whether address asks for a port the system picks.
-func portZero(address string) bool {
-	_, port, err := net.SplitHostPort(address)
-	return err == nil && (port == "" || port == "0")
 }
 
 // handover is a dup of one tracked socket, made for the new process.
@@ -241,7 +236,7 @@ func startChild(exe string, hs []handover) (*upgradeChild, error) {
 	env := []string{envHandoff + "=1:" + strconv.Itoa(os.Getpid()) + ":" + string(flags)}
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k != envHandoff && !isSystemdVar(k) {
+		if k != envHandoff && !slices.Contains(systemdEnv, k) {
 			env = append(env, kv)
 		}
 	}
@@ -267,15 +262,6 @@ func startChild(exe string, hs []handover) (*upgradeChild, error) {
 		}
 	}()
 	return c, nil
-}
-
-func isSystemdVar(k string) bool {
-	for _, v := range systemdEnv {
-		if k == v {
-			return true
-		}
-	}
-	return false
 }
 
 // waitReady waits for the child's Ready and answers it. Under systemd it

@@ -116,6 +116,7 @@ func restartUnderLoad(exe string, n int, upgrade, adopted bool) (restartResult, 
 	}()
 	var procs []*exec.Cmd // the servers this process started, to reap
 	pid := 0              // the server now, until it says it exited
+	stray := 0            // a server whose Upgrade went wrong, perhaps still running
 	start := func() (int, error) {
 		cmd := exec.Command(exe)
 		cmd.Env = append(os.Environ(), envServe+"="+addr)
@@ -127,8 +128,10 @@ func restartUnderLoad(exe string, n int, upgrade, adopted bool) (restartResult, 
 		return readyPID(lines)
 	}
 	defer func() {
-		if pid != 0 { // an error left a server running: one Upgrade started
-			syscall.Kill(pid, syscall.SIGKILL)
+		for _, p := range []int{pid, stray} {
+			if p != 0 { // an error left a server running, perhaps one Upgrade started
+				syscall.Kill(p, syscall.SIGKILL)
+			}
 		}
 		pw.Close()
 		for _, cmd := range procs {
@@ -183,7 +186,12 @@ func restartUnderLoad(exe string, n int, upgrade, adopted bool) (restartResult, 
 			continue
 		}
 		old := pid
-		if pid, err = upgradeOnce(pid, lines); err != nil {
+		next, err := upgradeOnce(pid, lines)
+		if next != 0 {
+			pid = next
+		}
+		if err != nil {
+			stray = old
 			return r, err
 		}
 		if adopted && old != procs[0].Process.Pid {
@@ -215,7 +223,8 @@ func restartUnderLoad(exe string, n int, upgrade, adopted bool) (restartResult, 
 }
 
 // upgradeOnce asks server pid to Upgrade and returns the new server's pid
-// once the old one has exited. A new server cannot Upgrade while its parent
+// once the old one has exited; on an error, the new one's pid too once it
+// is known. A new server cannot Upgrade while its parent
 // drains, so a SIGHUP that comes too soon is sent again.
 func upgradeOnce(pid int, lines *serverLog) (int, error) {
 	deadline := time.Now().Add(30 * time.Second)
@@ -226,10 +235,14 @@ func upgradeOnce(pid int, lines *serverLog) (int, error) {
 			return 0, err
 		}
 		if next, ok := strings.CutPrefix(line, "ready "); ok {
-			if _, err := lines.wait("exit " + strconv.Itoa(pid)); err != nil {
+			n, err := strconv.Atoi(next)
+			if err != nil {
 				return 0, err
 			}
-			return strconv.Atoi(next)
+			if _, err := lines.wait("exit " + strconv.Itoa(pid)); err != nil {
+				return n, err
+			}
+			return n, nil
 		}
 		if !strings.Contains(line, "has not exited yet") || time.Now().After(deadline) {
 			return 0, errors.New(line)

@@ -198,25 +198,26 @@ type diagConn struct {
 	deadline time.Time
 }
 
-// openDiag opens a sock_diag socket whose every receive times out
-// (SO_RCVTIMEO) when deadline passes with no answer: a sandbox may accept
-// the socket and never reply. The kernel itself answers at once, each next
-// datagram of a dump being built while the previous one is read.
+// openDiag opens a sock_diag socket for a dump that ends by deadline: a
+// sandbox may accept the socket and never reply.
 func openDiag(deadline time.Time) (*diagConn, error) {
-	left := time.Until(deadline)
-	if left <= 0 {
+	if time.Until(deadline) <= 0 {
 		return nil, fmt.Errorf("netlink sock_diag: %w", os.ErrDeadlineExceeded)
 	}
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("netlink sock_diag: %w", os.NewSyscallError("socket", err))
 	}
-	tv := unix.NsecToTimeval(max(left.Nanoseconds(), int64(time.Microsecond)))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("netlink sock_diag: %w", os.NewSyscallError("setsockopt SO_RCVTIMEO", err))
-	}
 	return &diagConn{fd: fd, buf: make([]byte, diagBufSize), deadline: deadline}, nil
+}
+
+// waitAtMost makes the next receive time out (SO_RCVTIMEO) after d.
+func (c *diagConn) waitAtMost(d time.Duration) error {
+	tv := unix.NsecToTimeval(max(d.Nanoseconds(), int64(time.Microsecond)))
+	if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fmt.Errorf("netlink sock_diag: %w", os.NewSyscallError("setsockopt SO_RCVTIMEO", err))
+	}
+	return nil
 }
 
 func (c *diagConn) close() { unix.Close(c.fd) }
@@ -242,6 +243,10 @@ func (c *diagConn) dump(req []byte, seq uint32, fn func(typ uint16, payload []by
 	for {
 		if time.Now().After(c.deadline) {
 			return fmt.Errorf("netlink sock_diag: %w", os.ErrDeadlineExceeded)
+		}
+		// Each wait ends at the deadline, not a whole timeout after it.
+		if err := c.waitAtMost(time.Until(c.deadline)); err != nil {
+			return err
 		}
 		// MSG_TRUNC makes netlink return the datagram's real length, so a
 		// reply that did not fit is detected instead of silently cut.
