@@ -173,8 +173,9 @@
 //
 // # Errors
 //
-// Every error wraps a *net.OpError, as the stdlib's do; on Linux an address
-// in use comes as an *AddrInUseError around it. A wrong network or option is
+// Every error of Listen, ListenPacket, Dial and their Context forms wraps a
+// *net.OpError, as the stdlib's do; on Linux an address in use comes as an
+// *AddrInUseError around it. A wrong network or option is
 // reported before a socket exists. A failed setsockopt names the option
 // ("setsockopt SO_REUSEPORT: ...") and keeps its errno for errors.Is.
 // IsAddrInUse tells "address already in use" on every OS.

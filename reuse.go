@@ -15,9 +15,9 @@ import (
 // opts change them. The network must be "tcp", "tcp4", "tcp6", "unix" or
 // "unixpacket". The result is the stdlib's *net.TCPListener or
 // *net.UnixListener, except with WithRSTOnClose where accepted sockets do
-// not inherit SO_LINGER, and for an inherited socket whose SO_LINGER differs
-// from what was asked: then its Accept and AcceptTCP set it on each
-// connection.
+// not inherit SO_LINGER, and for a socket handed over by Upgrade whose
+// SO_LINGER differs from what was asked (the old process still shares it):
+// then its Accept and AcceptTCP set it on each connection.
 //
 // An inherited socket is returned instead of a new one when it is what
 // network and address ask for: one handed over by the Upgrade that started
@@ -28,19 +28,16 @@ import (
 // holds the port but differs (IPv4 only where both stacks were asked for, one
 // address where all were) is an error that says how, as is SO_REUSEPORT,
 // which cannot change after bind; the other options are set on it, and
-// WithControl functions run on it. Ready closes the inherited sockets that
-// no Listen took by then.
+// WithControl functions run on it.
 //
 // For a unix socket path taken by a stale socket file, Listen may remove
 // the file and bind again: see "Stale unix sockets" in the package
 // documentation. A wait there for another process lasts until
 // ListenContext's deadline, 3 s without one.
 //
-// Errors wrap a *net.OpError. A wrong network or option is reported before
-// any socket exists; an option the OS cannot honour gives an error for which
-// errors.Is(err, errors.ErrUnsupported) holds. When the address is taken,
-// IsAddrInUse(err) reports true, and on Linux the error is an
-// *AddrInUseError.
+// Errors are as the package documentation's "Errors" section says; an
+// option the OS cannot honour gives an error for which
+// errors.Is(err, errors.ErrUnsupported) holds.
 func Listen(network, address string, opts ...Option) (net.Listener, error) {
 	return ListenContext(context.Background(), network, address, opts...)
 }
