@@ -67,7 +67,7 @@ func BenchmarkSockets(b *testing.B) {
 	b.Run(fmt.Sprintf("sockets=%d", 2*pairs), func(b *testing.B) {
 		b.Run("owners=other", func(b *testing.B) {
 			_, port := startSocketHolder(b, pairs)
-			held := raw(b, readNetlink, port)
+			held := censusAt(raw(b, readNetlink, port), netip.AddrPortFrom(lo4, port))
 			require.Len(b, held, 1+pairs, "the child's listener and the server ends of its connections")
 			benchSockets(b, target)
 		})
@@ -97,9 +97,9 @@ func benchSockets(b *testing.B, target int) {
 	ss, _ := exec.LookPath("ss")
 	filter := fmt.Sprintf("( sport = :%d )", port)
 	if ss != "" {
-		out, err := exec.Command(ss, "-tanH", filter).Output()
+		out, err := exec.Command(ss, "-tanH", "src", local.String()).Output()
 		require.NoError(b, err)
-		require.Equal(b, len(socks), strings.Count(string(out), "\n"), "ss sees the same sockets:\n%s", out)
+		require.Equal(b, len(mine), strings.Count(string(out), "\n"), "ss sees the same sockets at %v:\n%s", local, out)
 	}
 
 	var readT, netlinkT, procT, ssT, readPT, ssPT time.Duration
