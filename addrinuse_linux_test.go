@@ -680,7 +680,7 @@ func TestOverlaps_MatchesKernel(t *testing.T) {
 				require.NoError(t, err)
 				mine := []netip.AddrPort{netip.MustParseAddrPort(addr), netip.AddrPortFrom(netip.MustParseAddr(second.host), p)}
 				i := slices.IndexFunc(socks, func(s Socket) bool {
-					return s.PID != os.Getpid() || s.State != census.StateClose || !slices.Contains(mine, s.Local)
+					return s.PID != os.Getpid() || s.State != StateClose || !slices.Contains(mine, s.Local)
 				})
 				if i >= 0 {
 					t.Logf("port %d is in use by another socket, try again: %+v", p, socks[i])

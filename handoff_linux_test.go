@@ -486,10 +486,10 @@ func (f *serverFamily) stop(cur event) event {
 }
 
 // end waits until the supervisor has reaped pid, the last process of the
-// family, and then for the supervisor to exit.
-func (f *serverFamily) end(pid int) {
+// family, and then for the supervisor to exit, and returns the reaped event.
+func (f *serverFamily) end(pid int) event {
 	f.t.Helper()
-	f.next(func(e event) bool { return e.Event == "reaped" && e.Ppid == pid })
+	reaped := f.next(func(e event) bool { return e.Event == "reaped" && e.Ppid == pid })
 	f.stdin.Close()
 	done := make(chan error, 1)
 	go func() { done <- f.cmd.Wait() }()
@@ -499,6 +499,7 @@ func (f *serverFamily) end(pid int) {
 	case <-time.After(30 * time.Second):
 		require.FailNow(f.t, "the supervisor did not end: a process of the family is left")
 	}
+	return reaped
 }
 
 func TestUpgrade_SameSocketInEveryGeneration(t *testing.T) {

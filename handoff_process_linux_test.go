@@ -423,6 +423,7 @@ func TestUpgrade_RacesListenAndClose(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	reapNew(t, kids)
+	assert.Positive(t, during, "Listen and Close cycles during the Upgrades")
 	t.Logf("%d Listen and Close cycles during the Upgrades", during)
 	ok := 0
 	for _, err := range errs {
@@ -706,7 +707,7 @@ func TestREADME_QuickStartUpgradesOnSIGHUP(t *testing.T) {
 	}
 
 	require.NoError(t, syscall.Kill(second, syscall.SIGTERM))
-	f.end(second)
+	assert.Equal(t, "exit 0", f.end(second).Status, "the new process stopped on SIGTERM")
 }
 
 // childOf returns the one child of pid, after a deadline fails the test.

@@ -91,14 +91,16 @@ func dialCall(network, laddr, raddr string, opts ...Option) func() (io.Closer, e
 	return func() (io.Closer, error) { return Dial(network, laddr, raddr, opts...) }
 }
 
-// errBoom is what the failing Control of badInput returns.
+// errBoom is what failing's Control returns.
 var errBoom = errors.New("boom")
+
+// failing is an option whose Control fails with errBoom.
+var failing = WithControl(func(string, string, syscall.RawConn) error { return errBoom })
 
 // badInput is the bad input that Linux and Windows reject alike, each case
 // failing before any socket is kept; sock is a unix path that none of them
 // creates. Add an OS's own cases and run them with checkBadInput.
 func badInput(sock string) map[string]badCase {
-	failing := WithControl(func(string, string, syscall.RawConn) error { return errBoom })
 	return map[string]badCase{
 		"unknown network":        {call: listenCall("tcp7", ":0"), want: "unknown network tcp7"},
 		"udp to Listen":          {call: listenCall("udp", "127.0.0.1:0"), want: `network "udp" is not a stream network: use ListenPacket`},

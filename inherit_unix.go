@@ -109,12 +109,13 @@ func inheritHandoff(v string) {
 		inheritance.toParent = os.NewFile(handoffToFD, "reuse handoff to parent")
 		inheritance.fromParent = os.NewFile(handoffFromFD, "reuse handoff from parent")
 	} else {
+		// The parent died before this process got here, or a wrapper
+		// that forks stands between them: nobody waits for Ready, so the
+		// pipes go. The sockets may be the only copies left, with clients
+		// in their queues: take them.
 		unix.Close(handoffToFD)
 		unix.Close(handoffFromFD)
 	}
-	// Else the parent died before this process got here, or a wrapper that
-	// forks stands between them: nobody waits for Ready. The sockets may
-	// be the only copies left, with clients in their queues: take them.
 	for i, fl := range []byte(flags) {
 		if s, ok := inspect(handoffFirst + i); ok {
 			s.from, s.unlink, s.zero = "the parent's Upgrade", fl == flagUnlink, fl == flagZero

@@ -503,7 +503,6 @@ func TestErrors(t *testing.T) {
 	taken, err := Listen("tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer taken.Close()
-	failing := WithControl(func(string, string, syscall.RawConn) error { return errBoom })
 	cases := badInput(sock)
 	maps.Copy(cases, map[string]badCase{
 		"unix to ListenPacket":     {call: packetCall("unix", sock), want: `network "unix" is not a packet network`},
